@@ -1,0 +1,294 @@
+"""Loading and validating a dataset in the standard (MMRec) format.
+
+A dataset directory holds ``<name>.inter`` (tab-separated, header row, columns
+``userID``, ``itemID``, ``x_label`` required; ``rating`` and ``timestamp`` optional)
+and any number of ``<modality>.npy`` feature files beside it, one row per item id.
+MMRec names them ``image_feat.npy`` and ``text_feat.npy``; every ``*_feat.npy`` (and
+any other 2-d ``.npy`` with one row per item) is read as a modality.
+
+Splits are held as CSR matrices of shape (n_users, n_items) with binary values.
+"""
+from __future__ import annotations
+
+import hashlib
+import pathlib
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+TRAIN, VALID, TEST = 0, 1, 2
+SPLIT_NAMES = {"train": TRAIN, "valid": VALID, "test": TEST}
+REQUIRED_COLUMNS = ("userID", "itemID", "x_label")
+
+
+class DataError(ValueError):
+    """A dataset file is malformed; the message names the file, the place and the fix."""
+
+
+@dataclass
+class Dataset:
+    """Interactions as CSR splits plus item modality features.
+
+    Attributes:
+        name: dataset name (the stem of the ``.inter`` file).
+        n_users, n_items: id ranges (max id + 1 over all splits, protocol §1.1).
+        train, valid, test: ``scipy.sparse.csr_matrix`` (n_users, n_items), binary float32.
+        features: modality name -> float32 array (n_items, width), insertion-ordered.
+        path: the directory it was loaded from (None for in-memory data).
+    """
+
+    name: str
+    n_users: int
+    n_items: int
+    train: sp.csr_matrix
+    valid: sp.csr_matrix
+    test: sp.csr_matrix
+    features: dict[str, np.ndarray] = field(default_factory=dict)
+    path: pathlib.Path | None = None
+
+    # ------------------------------------------------------------------ builders
+    @classmethod
+    def from_arrays(cls, users, items, labels, n_users=None, n_items=None,
+                    features=None, name="data", path=None) -> "Dataset":
+        users = np.asarray(users, dtype=np.int64)
+        items = np.asarray(items, dtype=np.int64)
+        labels = np.asarray(labels, dtype=np.int64)
+        n_users = int(users.max()) + 1 if n_users is None else int(n_users)
+        n_items = int(items.max()) + 1 if n_items is None else int(n_items)
+        mats = []
+        for lab in (TRAIN, VALID, TEST):
+            sel = labels == lab
+            mats.append(_binary_csr(users[sel], items[sel], n_users, n_items))
+        return cls(name, n_users, n_items, *mats, features=dict(features or {}), path=path)
+
+    # ------------------------------------------------------------------ views
+    def split(self, which: str) -> sp.csr_matrix:
+        if which not in SPLIT_NAMES:
+            raise ValueError(f"unknown split {which!r}: use train, valid or test")
+        return getattr(self, which)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.features)
+
+    def train_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(users, items) of the training interactions, row-major order."""
+        coo = self.train.tocoo()
+        return coo.row.astype(np.int64), coo.col.astype(np.int64)
+
+    def item_train_degree(self) -> np.ndarray:
+        return np.asarray(self.train.sum(axis=0)).ravel().astype(np.int64)
+
+    def user_train_degree(self) -> np.ndarray:
+        return np.diff(self.train.indptr).astype(np.int64)
+
+    def fingerprint(self, with_features: bool = True) -> str:
+        """Content hash of the training split (and features): the key of graph caches."""
+        h = hashlib.sha256()
+        h.update(np.array([self.n_users, self.n_items], dtype=np.int64).tobytes())
+        h.update(self.train.indptr.astype(np.int64).tobytes())
+        h.update(self.train.indices.astype(np.int64).tobytes())
+        if with_features:
+            for name, x in self.features.items():
+                h.update(name.encode())
+                h.update(np.ascontiguousarray(x).tobytes())
+        return h.hexdigest()[:16]
+
+    def stats(self) -> dict:
+        out = {"name": self.name, "users": self.n_users, "items": self.n_items}
+        total = 0
+        for s in ("train", "valid", "test"):
+            m = self.split(s)
+            out[f"{s}_interactions"] = int(m.nnz)
+            out[f"{s}_users"] = int((np.diff(m.indptr) > 0).sum())
+            total += m.nnz
+        out["interactions"] = total
+        out["sparsity"] = 1.0 - total / float(self.n_users * self.n_items)
+        out["modalities"] = {k: int(v.shape[1]) for k, v in self.features.items()}
+        return out
+
+    def __repr__(self) -> str:
+        mods = ", ".join(f"{k}:{v.shape[1]}" for k, v in self.features.items()) or "none"
+        return (f"Dataset({self.name!r}, users={self.n_users}, items={self.n_items}, "
+                f"train={self.train.nnz}, valid={self.valid.nnz}, test={self.test.nnz}, "
+                f"modalities=[{mods}])")
+
+
+def _binary_csr(users, items, n_users, n_items) -> sp.csr_matrix:
+    m = sp.csr_matrix((np.ones(len(users), dtype=np.float32), (users, items)),
+                      shape=(n_users, n_items))
+    m.sum_duplicates()
+    m.data[:] = 1.0
+    m.sort_indices()
+    return m
+
+
+# ---------------------------------------------------------------------- loading
+def find_inter_file(directory: pathlib.Path) -> pathlib.Path:
+    directory = pathlib.Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"{directory}: not a directory. Pass the folder that holds <name>.inter "
+                        f"and its *_feat.npy files (or 'synthetic').")
+    named = directory / f"{directory.name}.inter"
+    if named.exists():
+        return named
+    found = sorted(directory.glob("*.inter"))
+    if not found:
+        raise DataError(f"{directory}: no .inter file found. A dataset folder needs "
+                        f"<name>.inter with columns userID, itemID, x_label (tab-separated).")
+    if len(found) > 1:
+        raise DataError(f"{directory}: several .inter files ({', '.join(p.name for p in found)}); "
+                        f"keep one per folder or name it {directory.name}.inter.")
+    return found[0]
+
+
+def read_inter(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read userID, itemID, x_label columns of an .inter file, validating each."""
+    path = pathlib.Path(path)
+    with open(path, encoding="utf-8") as fh:
+        header = fh.readline().rstrip("\r\n").split("\t")
+        header = [h.split(":")[0].strip() for h in header]  # RecBole writes 'userID:token'
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        if missing:
+            raise DataError(f"{path}: header row lacks column(s) {', '.join(missing)} "
+                            f"(found {header}). The first line must name the tab-separated "
+                            f"columns, including userID, itemID and x_label.")
+        cols = [header.index(c) for c in REQUIRED_COLUMNS]
+        lines = fh.read().splitlines()
+    lines = [ln for ln in lines if ln.strip()]
+    if not lines:
+        raise DataError(f"{path}: no interaction rows after the header.")
+    rows = [ln.split("\t") for ln in lines]
+    width = len(header)
+    arr = np.empty((len(rows), 3), dtype=np.int64)
+    for j, c in enumerate(cols):
+        try:
+            col = np.array([r[c] for r in rows])
+        except IndexError:
+            bad = next(i for i, r in enumerate(rows) if len(r) <= c)
+            raise DataError(f"{path}: line {bad + 2} has {len(rows[bad])} fields, the header has "
+                            f"{width}. Fix or remove that line.") from None
+        try:
+            f = col.astype(np.float64)
+        except ValueError:
+            bad = next(i for i, v in enumerate(col) if not _is_number(v))
+            raise DataError(f"{path}: line {bad + 2}, column {REQUIRED_COLUMNS[j]}: {col[bad]!r} is "
+                            f"not an integer. Ids and x_label must be integers.") from None
+        if not np.all(np.isfinite(f)) or np.any(f != np.round(f)):
+            bad = int(np.flatnonzero(~np.isfinite(f) | (f != np.round(f)))[0])
+            raise DataError(f"{path}: line {bad + 2}, column {REQUIRED_COLUMNS[j]}: {col[bad]!r} is "
+                            f"not an integer. Ids and x_label must be integers.")
+        arr[:, j] = f.astype(np.int64)
+    users, items, labels = arr[:, 0], arr[:, 1], arr[:, 2]
+    for name, v in (("userID", users), ("itemID", items)):
+        if (v < 0).any():
+            bad = int(np.flatnonzero(v < 0)[0])
+            raise DataError(f"{path}: line {bad + 2}, column {name}: negative id {v[bad]}. Ids must "
+                            f"be 0-based non-negative integers (re-index the file).")
+    bad_lab = ~np.isin(labels, (TRAIN, VALID, TEST))
+    if bad_lab.any():
+        bad = int(np.flatnonzero(bad_lab)[0])
+        raise DataError(f"{path}: line {bad + 2}, column x_label: {labels[bad]} is not a split label. "
+                        f"Use 0 (train), 1 (validation) or 2 (test).")
+    return users, items, labels
+
+
+def _is_number(v: str) -> bool:
+    try:
+        float(v)
+        return True
+    except ValueError:
+        return False
+
+
+def clean_interactions(users, items, labels, source="interactions"):
+    """Drop duplicate (user, item) pairs and held-out rows of users with no training row.
+
+    Both are warned about (protocol §1.1: ``filter_out_cod_start_users``). A duplicate keeps its
+    first occurrence in file order.
+    """
+    n_items = int(items.max()) + 1
+    key = users * n_items + items
+    _, first = np.unique(key, return_index=True)
+    if len(first) < len(key):
+        keep = np.zeros(len(key), dtype=bool)
+        keep[first] = True
+        warnings.warn(f"{source}: dropped {len(key) - len(first)} duplicate (user, item) rows "
+                      f"(kept the first occurrence of each pair).", stacklevel=2)
+        users, items, labels = users[keep], items[keep], labels[keep]
+    has_train = np.zeros(int(users.max()) + 1, dtype=bool)
+    has_train[users[labels == TRAIN]] = True
+    cold = (labels != TRAIN) & ~has_train[users]
+    if cold.any():
+        warnings.warn(f"{source}: dropped {int(cold.sum())} validation/test rows of "
+                      f"{len(np.unique(users[cold]))} users with no training row "
+                      f"(protocol §1.1, filter_out_cod_start_users).", stacklevel=2)
+        users, items, labels = users[~cold], items[~cold], labels[~cold]
+    return users, items, labels
+
+
+def load_features(directory: pathlib.Path, n_items: int) -> dict[str, np.ndarray]:
+    """Every ``*.npy`` beside the .inter file whose name ends in ``_feat`` is a modality."""
+    feats = {}
+    for f in sorted(pathlib.Path(directory).glob("*_feat.npy")):
+        x = np.load(f, allow_pickle=False)
+        if x.ndim != 2:
+            raise DataError(f"{f}: expected a 2-d array (one row per item), got shape {x.shape}.")
+        if x.shape[0] != n_items:
+            raise DataError(f"{f}: has {x.shape[0]} rows but the dataset has {n_items} items "
+                            f"(max itemID + 1). Row i must hold the features of item i: add the "
+                            f"missing rows or remove the extra ones.")
+        x = np.asarray(x, dtype=np.float32)
+        bad = ~np.isfinite(x)
+        if bad.any():
+            r, c = np.argwhere(bad)[0]
+            raise DataError(f"{f}: row {r} (item {r}), column {c} is {x[r, c]}; {int(bad.any(1).sum())} "
+                            f"rows hold NaN or infinite values. Replace them (e.g. by the mean "
+                            f"feature vector, as MMRec does for missing images).")
+        feats[f.name[:-len(".npy")]] = x
+    return feats
+
+
+def load_dataset(directory, *, with_features: bool = True) -> Dataset:
+    """Load and validate a dataset folder; raise :class:`DataError` with the fix on bad input."""
+    directory = pathlib.Path(directory)
+    inter = find_inter_file(directory)
+    users, items, labels = read_inter(inter)
+    n_users, n_items = int(users.max()) + 1, int(items.max()) + 1
+    users, items, labels = clean_interactions(users, items, labels, source=str(inter))
+    if not (labels == TRAIN).any():
+        raise DataError(f"{inter}: the training split is empty (no row has x_label 0). Label the "
+                        f"training interactions 0, validation 1 and test 2.")
+    feats = load_features(directory, n_items) if with_features else {}
+    return Dataset.from_arrays(users, items, labels, n_users, n_items, feats,
+                               name=inter.stem, path=directory)
+
+
+def write_dataset(directory, users, items, labels, features=None, name=None) -> pathlib.Path:
+    """Write an .inter file (userID, itemID, x_label) and feature .npy files, atomically."""
+    from ..io import atomic_write_text, atomic_save_npy
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    name = name or directory.name
+    order = np.lexsort((np.asarray(items), np.asarray(users), np.asarray(labels)))
+    lines = ["userID\titemID\tx_label"]
+    lines += [f"{u}\t{i}\t{l}" for u, i, l in zip(np.asarray(users)[order], np.asarray(items)[order],
+                                                  np.asarray(labels)[order])]
+    path = directory / f"{name}.inter"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    for mod, x in (features or {}).items():
+        atomic_save_npy(directory / f"{mod}.npy", np.asarray(x, dtype=np.float32))
+    return path
+
+
+def dataset_to_arrays(data: Dataset):
+    """(users, items, labels) of all splits, for rewriting a dataset."""
+    us, its, ls = [], [], []
+    for lab, m in ((TRAIN, data.train), (VALID, data.valid), (TEST, data.test)):
+        c = m.tocoo()
+        us.append(c.row.astype(np.int64))
+        its.append(c.col.astype(np.int64))
+        ls.append(np.full(c.nnz, lab, dtype=np.int64))
+    return np.concatenate(us), np.concatenate(its), np.concatenate(ls)
