@@ -1,0 +1,7 @@
+"""Full-ranking evaluation and metrics (protocol §4)."""
+from .metrics import METRICS, per_user_metrics
+from .ranking import (DEFAULT_TOPK, EvalResult, evaluate, items_with_train_degree,
+                      user_group_report)
+
+__all__ = ["METRICS", "per_user_metrics", "DEFAULT_TOPK", "EvalResult", "evaluate",
+           "items_with_train_degree", "user_group_report"]

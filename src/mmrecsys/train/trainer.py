@@ -1,0 +1,286 @@
+"""The shared trainer: sampling → step → scheduled lr → evaluation → early stopping → run files.
+
+Protocol §3.4–3.5: Adam(W) with ``lr_e = lr · a^(e/b)`` stepped per epoch; validation every
+``eval_step`` epochs; an evaluation improves when one of ``valid_metrics`` (rounded to 4
+decimals) is strictly above its running maximum; training stops when the number of consecutive
+non-improving evaluations exceeds ``patience``. Test is evaluated only when validation improves
+(the reported numbers equal MMRec's test-at-best-validation, at half the cost), and the weights
+of that epoch are kept as the best weights.
+
+A run directory receives ``config.yaml``, ``history.csv``, ``best.pt`` (weights), ``last.pt``
+(everything needed to resume: weights, optimiser, scheduler, RNG states, stopping state),
+``metrics.json`` and ``topk_test.tsv``. All writes are atomic. ``resume=True`` continues from
+``last.pt`` and ends exactly where an uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import math
+import pathlib
+import random
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..config import dump_yaml, model_kwargs, resolve_config
+from ..data import Dataset
+from ..evaluation import evaluate, items_with_train_degree, user_group_report
+from ..graphs import GraphCache
+from ..graphs.cache import default_cache_dir
+from ..io import atomic_torch_save, atomic_write_json, atomic_write_text
+from ..models import get_model_class
+from .sampler import make_sampler
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def build_model(data: Dataset, cfg: dict, device) -> torch.nn.Module:
+    cls = get_model_class(cfg["model"])
+    cache = GraphCache(cfg.get("cache_dir") or default_cache_dir())
+    model = cls(data, cache, **model_kwargs(cls, cfg))
+    return model.to(device)
+
+
+def _optimizer(model, cfg):
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg["optimizer"]]
+    opt = opt_cls(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    a, b = cfg["lr_scheduler"]
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: a ** (e / b))
+    return opt, sched
+
+
+class EarlyStopping:
+    """Running maxima of the validation metrics (rounded to 4 decimals) and a patience counter."""
+
+    def __init__(self, metrics, patience):
+        self.metrics = list(metrics)
+        self.patience = patience
+        self.best = {m: -1.0 for m in self.metrics}
+        self.bad = 0
+
+    def update(self, valid: dict) -> bool:
+        improved = False
+        for m in self.metrics:
+            v = round(valid[m], 4)
+            if v > self.best[m]:
+                self.best[m] = v
+                improved = True
+        self.bad = 0 if improved else self.bad + 1
+        return improved
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad > self.patience
+
+    def state_dict(self):
+        return {"best": dict(self.best), "bad": self.bad}
+
+    def load_state_dict(self, s):
+        self.best, self.bad = dict(s["best"]), s["bad"]
+
+
+def _metric_keys(cfg):
+    return cfg["topk"]
+
+
+def _fmt(d: dict, keys=("recall@20", "ndcg@20")) -> str:
+    return " ".join(f"{k} {d[k]:.4f}" for k in keys if k in d)
+
+
+def fit(data: Dataset, model: str | None = None, overrides: dict | None = None, run_dir=None,
+        device: str | None = "cpu", progress: bool = False, config: dict | None = None,
+        resume: bool = False, log=print, file_cfg: dict | None = None) -> dict[str, Any]:
+    """Train a model with early stopping; return a summary dict (see module docstring).
+
+    Either ``config`` (a resolved configuration, e.g. from a run directory) or ``model`` plus
+    ``file_cfg``/``overrides`` is given. Returns keys ``best_epoch``, ``valid``, ``test``,
+    ``history``, ``model`` (best weights loaded), ``config`` and ``run_dir``.
+    """
+    if config is None:
+        cls = get_model_class(model)
+        config = resolve_config(cls, data.name, file_cfg, overrides)
+        config["model"] = cls.name
+        config.setdefault("data", str(data.path) if data.path else data.name)
+    cfg = config
+    dev = resolve_device(device)
+    run = pathlib.Path(run_dir) if run_dir is not None else None
+    if run is not None:
+        run.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run / "config.yaml", dump_yaml(cfg))
+    log = log or (lambda *a, **k: None)
+
+    seed_everything(cfg["seed"])
+    t_build = time.perf_counter()
+    net = build_model(data, cfg, dev)
+    build_seconds = time.perf_counter() - t_build
+    opt, sched = _optimizer(net, cfg)
+    sampler = make_sampler(data, cfg["sampler"], cfg["batch_size"], cfg["negatives_from"],
+                           cfg["neg_exclude_heldout"])
+    rng = np.random.default_rng(cfg["seed"])
+    stopper = EarlyStopping(cfg["valid_metrics"], cfg["patience"])
+    eval_kw = dict(topk=cfg["topk"], mask_valid_at_test=cfg["mask_valid_at_test"],
+                   chunk_size=cfg["eval_batch_size"], extra_metrics=cfg["extra_metrics"])
+    history: list[dict] = []
+    best = {"epoch": -1, "valid": None, "test": None}
+    best_state = None
+    start_epoch = 0
+    if resume and run is not None and (run / "last.pt").exists():
+        ck = torch.load(run / "last.pt", weights_only=False, map_location=dev)
+        net.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        rng.bit_generator.state = ck["numpy_rng"]
+        torch.set_rng_state(ck["torch_rng"])
+        random.setstate(ck["python_rng"])
+        stopper.load_state_dict(ck["stopper"])
+        history, best, start_epoch = ck["history"], ck["best"], ck["epoch"] + 1
+        if (run / "best.pt").exists():
+            best_state = torch.load(run / "best.pt", weights_only=False, map_location=dev)
+        log(f"resumed {run} at epoch {start_epoch}")
+        if ck.get("finished"):
+            start_epoch = cfg["epochs"]
+    elif run is not None and (run / "last.pt").exists() and not resume:
+        raise FileExistsError(f"{run} already holds a run; pass --resume to continue it or "
+                              f"choose another --out directory")
+
+    log(f"{type(net).__name__} on {data.name}: {sum(p.numel() for p in net.parameters()):,} "
+        f"parameters, device {dev}, built in {build_seconds:.1f}s")
+    epochs_bar = tqdm(range(start_epoch, cfg["epochs"]), desc="epochs", disable=not progress,
+                      initial=start_epoch, total=cfg["epochs"], dynamic_ncols=True)
+    stopped_early = False
+    finished = False
+    for epoch in epochs_bar:
+        t0 = time.perf_counter()
+        net.train()
+        net.pre_epoch(epoch)
+        sums: dict[str, float] = {}
+        n_batches = 0
+        for users, pos, neg in tqdm(sampler.epoch(rng), total=len(sampler), desc=f"epoch {epoch}",
+                                    leave=False, disable=not progress, dynamic_ncols=True):
+            u = torch.as_tensor(users, device=dev)
+            p = torch.as_tensor(pos, device=dev)
+            n = torch.as_tensor(neg, device=dev)
+            terms = net.loss(u, p, n)
+            loss = sum(terms.values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            n_batches += 1
+        sched.step()
+        train_seconds = time.perf_counter() - t0
+        total_loss = sum(sums.values()) / max(n_batches, 1)
+        row = {"epoch": epoch, "loss": total_loss,
+               **{f"loss_{k}": v / max(n_batches, 1) for k, v in sums.items()},
+               "train_seconds": round(train_seconds, 3)}
+        if not math.isfinite(total_loss):
+            log(f"epoch {epoch}: loss is {total_loss}; stopping (best results so far are kept)")
+            history.append(row)
+            stopped_early = True
+            finished = True
+            break
+        msg = f"epoch {epoch:4d} | loss {total_loss:.4f} | train {train_seconds:.2f}s"
+        if (epoch + 1) % cfg["eval_step"] == 0:
+            t1 = time.perf_counter()
+            valid = evaluate(net, data, "valid", **eval_kw).metrics
+            improved = stopper.update(valid)
+            if improved:
+                test = evaluate(net, data, "test", **eval_kw).metrics
+                best = {"epoch": epoch, "valid": valid, "test": test}
+                best_state = copy.deepcopy(net.state_dict())
+                if run is not None:
+                    atomic_torch_save(run / "best.pt", best_state)
+            eval_seconds = time.perf_counter() - t1
+            row.update({f"valid_{k}": v for k, v in valid.items()})
+            row["eval_seconds"] = round(eval_seconds, 3)
+            msg += (f" | valid {_fmt(valid)}{' *' if improved else ''} | eval {eval_seconds:.2f}s")
+            if stopper.should_stop:
+                stopped_early = True
+                finished = True
+        history.append(row)
+        (epochs_bar.write if progress else log)(msg)
+        if epoch + 1 == cfg["epochs"]:
+            finished = True
+        if run is not None and (finished or (epoch + 1) % cfg["checkpoint_every"] == 0):
+            _write_history(run / "history.csv", history)
+            atomic_torch_save(run / "last.pt", {
+                "model": net.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "numpy_rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+                "stopper": stopper.state_dict(), "history": history, "best": best,
+                "epoch": epoch, "finished": finished})
+        if finished:
+            break
+    epochs_bar.close()
+
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    summary = {"model": cfg["model"], "dataset": data.name, "best_epoch": best["epoch"],
+               "epochs_run": len(history), "stopped_early": stopped_early,
+               "valid": best["valid"], "test": best["test"],
+               "graph_build_seconds": round(build_seconds, 3),
+               "dataset_fingerprint": data.fingerprint(with_features=True)}
+    if run is not None:
+        _write_history(run / "history.csv", history)
+        report = final_report(net, data, cfg)
+        summary.update(report["summary"])
+        atomic_write_json(run / "metrics.json", summary)
+        write_topk(run / "topk_test.tsv", report["test_result"])
+    log(f"best epoch {best['epoch']}: valid {_fmt(best['valid'] or {})} | test "
+        f"{_fmt(best['test'] or {})}")
+    return {**summary, "history": history, "model": net, "config": cfg, "run_dir": run}
+
+
+def final_report(net, data: Dataset, cfg: dict) -> dict:
+    """Test pass of the best weights with per-group breakdowns and the ranked lists."""
+    res = evaluate(net, data, "test", topk=cfg["topk"], mask_valid_at_test=cfg["mask_valid_at_test"],
+                   chunk_size=cfg["eval_batch_size"], keep_topk=True)
+    summary: dict[str, Any] = {"test_user_groups": user_group_report(res, data)}
+    sparse_items = items_with_train_degree(data, 1, 2)
+    if len(sparse_items):
+        r = evaluate(net, data, "test", topk=cfg["topk"], item_subset=sparse_items,
+                     mask_valid_at_test=cfg["mask_valid_at_test"], chunk_size=cfg["eval_batch_size"])
+        summary["test_items_1_2_train"] = {"users": int(len(r.users)), **r.metrics}
+    cold = getattr(data, "cold_items", None)
+    if cold is not None and len(cold):
+        r = evaluate(net, data, "test", topk=cfg["topk"], item_subset=cold,
+                     mask_valid_at_test=cfg["mask_valid_at_test"], chunk_size=cfg["eval_batch_size"])
+        summary["test_cold_items"] = {"users": int(len(r.users)), "items": int(len(cold)), **r.metrics}
+    return {"summary": summary, "test_result": res}
+
+
+def write_topk(path, result) -> None:
+    buf = io.StringIO()
+    for u, items in zip(result.users, result.topk):
+        buf.write(f"{u}\t" + "\t".join(map(str, items)) + "\n")
+    atomic_write_text(path, buf.getvalue())
+
+
+def _write_history(path, history) -> None:
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(history)
+    atomic_write_text(path, buf.getvalue())
