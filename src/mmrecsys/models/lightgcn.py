@@ -20,7 +20,9 @@ from .layers import bpr_loss, emb_loss, propagate
 
 
 class LightGCN(Recommender):
-    """Args:
+    """LightGCN: linear propagation on the normalised user–item graph, mean over layers.
+
+    Args:
         embedding_size: d (default 64).
         n_layers: L (MMRec grid {1, 2, 3, 4}).
         reg_weight: λ (MMRec grid {1e-2, …, 1e-6}).

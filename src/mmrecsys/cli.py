@@ -1,0 +1,259 @@
+"""The ``mmrecsys`` command: train, evaluate, recommend, models, data …"""
+from __future__ import annotations
+
+import datetime
+import json
+import pathlib
+import sys
+import warnings
+
+import click
+
+from .config import ConfigError, load_yaml, parse_overrides
+
+
+def _load_data(spec: str | None, with_features: bool = True):
+    """A dataset folder, or ``synthetic`` (the embedded default) when None."""
+    from .data import load_dataset
+    from .data.synthetic import make_synthetic
+    if spec in (None, "", "synthetic"):
+        return make_synthetic()
+    data = load_dataset(spec, with_features=with_features)
+    cold = pathlib.Path(spec) / "cold_items.txt"
+    if cold.exists():
+        import numpy as np
+        data.cold_items = np.loadtxt(cold, dtype=np.int64, ndmin=1)
+    return data
+
+
+def _fail(msg: str):
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(2)
+
+
+def _print_metrics(title: str, metrics: dict, topk=(5, 10, 20, 50)):
+    names = ("recall", "ndcg", "precision", "map")
+    ks = [k for k in topk if f"recall@{k}" in metrics]
+    click.echo(title)
+    click.echo("  " + "metric".ljust(10) + "".join(f"@{k}".rjust(9) for k in ks))
+    for n in names:
+        if f"{n}@{ks[0]}" in metrics:
+            click.echo("  " + n.ljust(10) + "".join(f"{metrics[f'{n}@{k}']:9.4f}" for k in ks))
+
+
+@click.group()
+@click.version_option(package_name="mmrecsys")
+def main():
+    """mmrecsys: multimodal graph recommendation (LGMRec, MMHCL, REARM and baselines)."""
+    warnings.simplefilter("default")
+
+
+@main.command()
+@click.option("--model", "-m", default="lightgcn", show_default=True, help="Model name (see `mmrecsys models`).")
+@click.option("--data", "-d", default=None, help="Dataset folder, or 'synthetic' (the default).")
+@click.option("--out", "-o", type=click.Path(), default=None, help="Run directory (default runs/<model>-<data>-<time>).")
+@click.option("--config", "-c", "config_file", type=click.Path(exists=True), default=None, help="YAML file of key: value.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
+@click.option("--seed", type=int, default=None, help="Random seed (same as --set seed=S).")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--resume", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Continue an interrupted run directory.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train(model, data, out, config_file, sets, seed, device, resume, quiet):
+    """Train a model with early stopping and write a run directory."""
+    from .train import fit
+    try:
+        if resume:
+            run = pathlib.Path(resume)
+            cfg = load_yaml(run / "config.yaml")
+            ds = _load_data(cfg.get("data"))
+            res = fit(ds, config=cfg, run_dir=run, device=device, progress=not quiet, resume=True,
+                      log=click.echo)
+        else:
+            overrides = parse_overrides(sets)
+            if seed is not None:
+                overrides["seed"] = seed
+            file_cfg = load_yaml(config_file) if config_file else {}
+            data_spec = data or file_cfg.pop("data", None)
+            model = file_cfg.pop("model", model)
+            ds = _load_data(data_spec)
+            if out is None:
+                stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+                out = pathlib.Path("runs") / f"{model}-{ds.name}-{stamp}"
+            from .config import resolve_config
+            from .models import get_model_class
+            cls = get_model_class(model)
+            cfg = resolve_config(cls, ds.name, file_cfg, overrides)
+            cfg["model"] = cls.name
+            cfg["data"] = str(pathlib.Path(data_spec).resolve()) if data_spec not in (None, "synthetic") else "synthetic"
+            res = fit(ds, config=cfg, run_dir=out, device=device, progress=not quiet, log=click.echo)
+    except (ConfigError, KeyError, ValueError, FileExistsError, RuntimeError) as e:
+        _fail(str(e.args[0]) if e.args else str(e))
+    if res["test"]:
+        _print_metrics(f"test metrics at best epoch {res['best_epoch']} ({res['run_dir']}):", res["test"])
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--data", "-d", default=None, help="Dataset folder (default: the run's).")
+@click.option("--split", type=click.Choice(["valid", "test"]), default="test", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def evaluate(run_dir, data, split, device):
+    """Re-evaluate the saved best weights of a run and print the metrics table."""
+    from .evaluation import evaluate as run_eval
+    model, cfg, ds = _load_run(run_dir, data, device)
+    res = run_eval(model, ds, split, topk=cfg["topk"], mask_valid_at_test=cfg["mask_valid_at_test"],
+                   chunk_size=cfg["eval_batch_size"], extra_metrics=cfg.get("extra_metrics", []))
+    _print_metrics(f"{split} metrics of {run_dir} ({len(res.users)} users):", res.metrics, cfg["topk"])
+
+
+def _load_run(run_dir, data, device):
+    import torch
+    from .train import build_model, resolve_device
+    run = pathlib.Path(run_dir)
+    if not (run / "best.pt").exists():
+        _fail(f"{run}: no best.pt; the run has not evaluated yet (train longer or --resume it)")
+    cfg = load_yaml(run / "config.yaml")
+    ds = _load_data(data or cfg.get("data"))
+    dev = resolve_device(device)
+    model = build_model(ds, cfg, dev)
+    model.load_state_dict(torch.load(run / "best.pt", map_location=dev, weights_only=False))
+    model.eval()
+    return model, cfg, ds
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--user", "-u", "users", type=int, multiple=True, required=True, help="User id (repeatable).")
+@click.option("-k", default=10, show_default=True, help="Number of items.")
+@click.option("--data", "-d", default=None)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def recommend(run_dir, users, k, data, device, as_json):
+    """Top-k items for users (training items excluded) from a run's best weights."""
+    import numpy as np
+    import torch
+    from .evaluation.ranking import rank_topk
+    model, cfg, ds = _load_run(run_dir, data, device)
+    u = np.array(users, dtype=np.int64)
+    bad = u[(u < 0) | (u >= ds.n_users)]
+    if len(bad):
+        _fail(f"user id {bad[0]} out of range: this dataset has users 0..{ds.n_users - 1}")
+    with torch.no_grad():
+        reps = model.representations()
+        out = {}
+        for s, e, top in rank_topk(lambda x: model.score(x, reps), u, ds.n_items, ds.train, k,
+                                   device=next(model.parameters()).device):
+            for uid, row in zip(u[s:e], top.cpu().numpy()):
+                out[int(uid)] = [int(i) for i in row]
+    if as_json:
+        click.echo(json.dumps(out))
+    else:
+        for uid, items in out.items():
+            click.echo(f"{uid}\t" + " ".join(map(str, items)))
+
+
+@main.command()
+@click.argument("name", required=False)
+def models(name):
+    """List models, or show one model's configuration keys and defaults."""
+    from .config import TRAIN_DEFAULTS
+    from .models import available_models, get_model_class
+    if not name:
+        for m in available_models():
+            doc = (get_model_class(m).__doc__ or "").strip().splitlines()
+            click.echo(f"{m:10s} {doc[0] if doc else ''}")
+        return
+    try:
+        cls = get_model_class(name)
+    except KeyError as e:
+        _fail(e.args[0])
+    click.echo(f"# {cls.name}: hyperparameters")
+    for k, v in cls.hyperparameters().items():
+        click.echo(f"{k}: {v!r}")
+    click.echo("# trainer settings (model defaults marked *)")
+    for k, v in TRAIN_DEFAULTS.items():
+        mark = "*" if k in cls.train_defaults else " "
+        click.echo(f"{k}: {cls.train_defaults.get(k, v)!r} {mark}")
+    if cls.presets:
+        click.echo(f"# presets: {', '.join(cls.presets)}")
+
+
+# ---------------------------------------------------------------------------- data
+@main.group()
+def data():
+    """Dataset tools: stats, synth, import, cold-split."""
+
+
+@data.command()
+@click.argument("directory", required=False)
+def stats(directory):
+    """Users, items, interactions per split, sparsity and modalities of a dataset."""
+    from .data import DataError
+    try:
+        ds = _load_data(directory)
+    except DataError as e:
+        _fail(str(e))
+    s = ds.stats()
+    click.echo(f"dataset      {s['name']}")
+    click.echo(f"users        {s['users']:,}")
+    click.echo(f"items        {s['items']:,}")
+    for sp in ("train", "valid", "test"):
+        click.echo(f"{sp:12s} {s[f'{sp}_interactions']:,} interactions, {s[f'{sp}_users']:,} users")
+    click.echo(f"total        {s['interactions']:,} interactions")
+    click.echo(f"sparsity     {100 * s['sparsity']:.4f}%")
+    if s["modalities"]:
+        for m, w in s["modalities"].items():
+            click.echo(f"modality     {m} ({w}-d)")
+    else:
+        click.echo("modality     none")
+
+
+@data.command()
+@click.option("--out", "-o", required=True, type=click.Path(), help="Output folder.")
+@click.option("--users", default=2000, show_default=True)
+@click.option("--items", default=1000, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def synth(out, users, items, seed):
+    """Write the generated synthetic dataset in the standard format."""
+    from .data.synthetic import write_synthetic
+    path = write_synthetic(out, users, items, seed)
+    click.echo(f"wrote {path} ({users} users, {items} items, seed {seed})")
+
+
+@data.command(name="import")
+@click.argument("src", type=click.Path(exists=True, file_okay=False))
+@click.argument("out", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["mmhcl", "rearm"]), required=True,
+              help="Layout of SRC: MMHCL's json splits or REARM's npy splits.")
+@click.option("--name", default=None, help="Dataset name (default: OUT's folder name).")
+def import_(src, out, fmt, name):
+    """Convert a dataset in an author's own layout into the standard format."""
+    from .data import DataError
+    try:
+        if fmt == "mmhcl":
+            from .data.import_mmhcl import import_mmhcl as conv
+        else:
+            from .data.import_rearm import import_rearm as conv
+        path = conv(src, out, name=name)
+    except (DataError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    click.echo(f"wrote {path}")
+
+
+@data.command(name="cold-split")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "-o", required=True, type=click.Path())
+@click.option("--share", default=0.2, show_default=True, help="Share of items made cold.")
+@click.option("--seed", default=0, show_default=True)
+def cold_split_cmd(directory, out, share, seed):
+    """Make an item cold-start split: a share of items keeps no training interaction."""
+    from .data.cold import cold_split, write_cold_split
+    ds = _load_data(directory)
+    new, cold = cold_split(ds, share=share, seed=seed)
+    path = write_cold_split(new, cold, out)
+    click.echo(f"wrote {path}: {len(cold)} cold items ({share:.0%}), evaluated on valid/test")
+
+
+if __name__ == "__main__":
+    main()
