@@ -41,6 +41,17 @@ def _block_rows(m: sp.csr_matrix, rows: np.ndarray):
     return r, sub.indices
 
 
+def _hits(target: sp.csr_matrix, rows: np.ndarray, top: torch.Tensor, n_items: int) -> torch.Tensor:
+    """(B, K) bool: is top[b, p] a held-out item of user rows[b]? Binary search in sorted keys."""
+    r, c = _block_rows(target, rows)  # row-major, columns sorted within a row
+    keys = torch.as_tensor(r.astype(np.int64) * n_items + c, device=top.device)
+    if len(keys) == 0:
+        return torch.zeros_like(top, dtype=torch.bool)
+    q = torch.arange(len(rows), device=top.device)[:, None] * n_items + top
+    pos = torch.searchsorted(keys, q.reshape(-1)).clamp_(max=len(keys) - 1)
+    return (keys[pos] == q.reshape(-1)).reshape(top.shape)
+
+
 def mask_matrix(data: Dataset, split: str, mask_valid_at_test: bool = False) -> sp.csr_matrix:
     mask = data.train
     if split == "test" and mask_valid_at_test:
@@ -101,10 +112,7 @@ def evaluate(model, data: Dataset, split: str = "test", topk=DEFAULT_TOPK, *,
         for start, stop, top in rank_topk(lambda u: model.score(u, reps), eval_users, data.n_items,
                                           mask, k_max, chunk_size, device):
             rows = eval_users[start:stop]
-            r, c = _block_rows(target, rows)
-            gt = torch.zeros((len(rows), data.n_items), dtype=torch.bool, device=top.device)
-            gt[torch.as_tensor(r, device=top.device), torch.as_tensor(c, dtype=torch.long, device=top.device)] = True
-            hits = gt.gather(1, top)
+            hits = _hits(target, rows, top, data.n_items)
             n_pos = torch.as_tensor(n_pos_all[rows], device=top.device)
             for key, v in per_user_metrics(hits, n_pos, topk, metrics, extra_metrics).items():
                 per_user.setdefault(key, []).append(v.cpu().numpy())

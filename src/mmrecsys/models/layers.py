@@ -21,13 +21,16 @@ def emb_loss(*embeddings: torch.Tensor) -> torch.Tensor:
     return total / embeddings[-1].shape[0]
 
 
-def propagate(adj: torch.Tensor, x: torch.Tensor, n_layers: int, mean: bool = True,
+def propagate(adj, x: torch.Tensor, n_layers: int, mean: bool = True,
               include_input: bool = True) -> torch.Tensor:
-    """LightGCN propagation: mean (or sum) of Â^l x over l = 0..L (l = 0 iff include_input)."""
+    """LightGCN propagation: mean (or sum) of Â^l x over l = 0..L (l = 0 iff include_input).
+
+    ``adj`` is a :class:`~mmrecsys.graphs.SparseGraph` (fast) or a torch sparse tensor.
+    """
     layers = [x] if include_input else []
     h = x
     for _ in range(n_layers):
-        h = torch.sparse.mm(adj, h)
+        h = adj(h) if isinstance(adj, torch.nn.Module) else torch.sparse.mm(adj, h)
         layers.append(h)
     out = torch.stack(layers, 0)
     return out.mean(0) if mean else out.sum(0)

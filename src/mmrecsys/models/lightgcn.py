@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..graphs import bipartite_adjacency, sym_normalize, to_torch_sparse
+from ..graphs import SparseGraph, bipartite_adjacency, sym_normalize
 from .base import Recommender
 from .layers import bpr_loss, emb_loss, propagate
 
@@ -38,7 +38,7 @@ class LightGCN(Recommender):
         self.reg_weight = reg_weight
         self.embedding = nn.Parameter(torch.empty(self.n_users + self.n_items, embedding_size))
         adj = sym_normalize(bipartite_adjacency(data.train))
-        self.register_buffer("norm_adj", to_torch_sparse(adj), persistent=False)
+        self.norm_adj = SparseGraph(adj, symmetric=True)
         self.reset_parameters()
 
     def reset_parameters(self):
