@@ -43,8 +43,9 @@ def _block_rows(m: sp.csr_matrix, rows: np.ndarray):
 
 def _hits(target: sp.csr_matrix, rows: np.ndarray, top: torch.Tensor, n_items: int) -> torch.Tensor:
     """(B, K) bool: is top[b, p] a held-out item of user rows[b]? Binary search in sorted keys."""
-    r, c = _block_rows(target, rows)  # row-major, columns sorted within a row
-    keys = torch.as_tensor(r.astype(np.int64) * n_items + c, device=top.device)
+    r, c = _block_rows(target, rows)
+    # sorted explicitly: a CSR's columns need not be sorted within a row (e.g. after a product)
+    keys = torch.as_tensor(np.sort(r.astype(np.int64) * n_items + c), device=top.device)
     if len(keys) == 0:
         return torch.zeros_like(top, dtype=torch.bool)
     q = torch.arange(len(rows), device=top.device)[:, None] * n_items + top
