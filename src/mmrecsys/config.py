@@ -67,8 +67,11 @@ def parse_overrides(pairs) -> dict[str, Any]:
 
 
 def _coerce(key: str, value, default):
-    if default is None or value is None:
+    if default is None:
         return value
+    if value is None:
+        raise ConfigError(f"{key} has no value (an empty --set {key}= or YAML 'null'); give a "
+                          f"{type(default).__name__} (default {default!r})")
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
