@@ -218,6 +218,64 @@ def test_early_stopping(data, patience, eval_step):
     assert evaluated == list(range(eval_step - 1, res["epochs_run"], eval_step))
 
 
+def test_resume_of_early_stopped_runs(data, tmp_path):
+    ov = {"epochs": 50, "lr": 0.0, "batch_size": 1024, "patience": 2}
+    ref = fit(data, "bpr", dict(ov), run_dir=tmp_path / "ref", log=None)
+    m_ref = json.loads((tmp_path / "ref" / "metrics.json").read_text())
+    assert m_ref["stopped_early"] and m_ref["epochs_run"] == 4
+    # resuming the finished run rewrites identical results (stopped_early included)
+    fit(data, "bpr", dict(ov), run_dir=tmp_path / "ref", resume=True, log=None)
+    m_again = json.loads((tmp_path / "ref" / "metrics.json").read_text())
+    m_ref.pop("graph_build_seconds"), m_again.pop("graph_build_seconds")
+    assert m_again == m_ref
+    # interrupted in the middle of the patience window: the stopping state is restored
+    run = tmp_path / "run"
+    with pytest.raises(Interrupt):
+        fit(data, "bpr", dict(ov), run_dir=run, log=_interrupt_at(2))
+    res = fit(data, "bpr", dict(ov), run_dir=run, resume=True, log=None)
+    assert res["stopped_early"] and res["epochs_run"] == ref["epochs_run"] == 4
+    assert _strip_seconds(res["history"]) == _strip_seconds(ref["history"])
+
+
+def test_nan_loss_stops_and_keeps_best(data, monkeypatch):
+    from mmrecsys.models.bpr import BPR
+    original = BPR.loss
+    calls = {"n": 0}
+    per_epoch = -(-data.train.nnz // 1024)
+
+    def loss(self, users, pos, neg):
+        calls["n"] += 1
+        out = original(self, users, pos, neg)
+        if calls["n"] > 2 * per_epoch:  # every batch from epoch 2 on
+            out["bpr"] = out["bpr"] * float("nan")
+        return out
+
+    monkeypatch.setattr(BPR, "loss", loss)
+    res = fit(data, "bpr", {"epochs": 10, "batch_size": 1024, "lr": 0.01}, log=None)
+    assert res["stopped_early"] and res["epochs_run"] == 3
+    assert np.isnan(res["history"][-1]["loss"]) and res["best_epoch"] in (0, 1)
+    assert all(np.isfinite(v) for v in res["test"].values())
+    for p in res["model"].parameters():  # the best (finite) weights are loaded
+        assert torch.isfinite(p).all()
+    assert evaluate(res["model"], data, "test").metrics == pytest.approx(res["test"], abs=1e-12)
+
+
+def test_lr_schedule_and_optimizer(data):
+    from mmrecsys.train.trainer import _optimizer
+    cls = get_model_class("bpr")
+    cfg = resolve_config(cls, data.name, None, {"lr": 0.1, "lr_scheduler": [0.5, 2],
+                                                "optimizer": "adamw", "weight_decay": 0.01})
+    cfg["model"] = "bpr"
+    opt, sched = _optimizer(build_model(data, cfg, "cpu"), cfg)
+    assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["weight_decay"] == 0.01
+    lrs = []
+    for _ in range(5):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.1 * 0.5 ** (e / 2) for e in range(5)])
+
+
 def test_no_early_stop_within_patience(data):
     res = fit(data, "bpr", {"epochs": 3, "lr": 0.0, "batch_size": 1024, "patience": 2}, log=None)
     assert not res["stopped_early"] and res["epochs_run"] == 3

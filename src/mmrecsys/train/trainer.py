@@ -142,6 +142,7 @@ def fit(data: Dataset, model: str | None = None, overrides: dict | None = None, 
     best = {"epoch": -1, "valid": None, "test": None}
     best_state = None
     start_epoch = 0
+    stopped_early = False
     if resume and run is not None and (run / "last.pt").exists():
         ck = torch.load(run / "last.pt", weights_only=False, map_location=dev)
         net.load_state_dict(ck["model"])
@@ -152,6 +153,7 @@ def fit(data: Dataset, model: str | None = None, overrides: dict | None = None, 
         random.setstate(ck["python_rng"])
         stopper.load_state_dict(ck["stopper"])
         history, best, start_epoch = ck["history"], ck["best"], ck["epoch"] + 1
+        stopped_early = bool(ck.get("stopped_early", False))
         if (run / "best.pt").exists():
             best_state = torch.load(run / "best.pt", weights_only=False, map_location=dev)
         log(f"resumed {run} at epoch {start_epoch}")
@@ -165,7 +167,6 @@ def fit(data: Dataset, model: str | None = None, overrides: dict | None = None, 
         f"parameters, device {dev}, built in {build_seconds:.1f}s")
     epochs_bar = tqdm(range(start_epoch, cfg["epochs"]), desc="epochs", disable=not progress,
                       initial=start_epoch, total=cfg["epochs"], dynamic_ncols=True)
-    stopped_early = False
     finished = False
     for epoch in epochs_bar:
         t0 = time.perf_counter()
@@ -227,7 +228,7 @@ def fit(data: Dataset, model: str | None = None, overrides: dict | None = None, 
                 "scheduler": sched.state_dict(), "numpy_rng": rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
                 "stopper": stopper.state_dict(), "history": history, "best": best,
-                "epoch": epoch, "finished": finished})
+                "epoch": epoch, "finished": finished, "stopped_early": stopped_early})
         if finished:
             break
     epochs_bar.close()
