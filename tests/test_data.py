@@ -261,3 +261,64 @@ def test_cli_data_stats_reports_data_error(tmp_path):
     assert res.exit_code == 2
     assert "error:" in res.output and "x_label" in res.output and "line 3" in res.output
     assert "Traceback" not in res.output
+
+
+# ------------------------------------------------------------------ more malformed files
+def test_short_line(tmp_path):
+    folder = tmp_path / "d"
+    inter = write_inter(folder, ROWS)
+    lines = inter.read_text().splitlines()
+    lines[5] = "1\t4"  # file line 6 lacks x_label
+    inter.write_text("\n".join(lines) + "\n")
+    msg = _err(folder)
+    assert str(inter) in msg and "line 6" in msg and "2 fields" in msg
+
+
+def test_header_only_and_several_inter_files(tmp_path):
+    folder = tmp_path / "d"
+    inter = write_inter(folder, [])
+    msg = _err(folder)
+    assert str(inter) in msg and "no interaction rows" in msg
+    write_inter(folder, ROWS, name="other")
+    write_inter(folder, ROWS, name="third")
+    (folder / "d.inter").unlink()
+    msg = _err(folder)
+    assert "several .inter files" in msg and "other.inter" in msg and "third.inter" in msg
+
+
+def test_one_dimensional_feature_file(tmp_path):
+    folder = tmp_path / "d"
+    write_inter(folder, ROWS)
+    np.save(folder / "image_feat.npy", np.zeros(N_ITEMS, np.float32))
+    msg = _err(folder)
+    assert str(folder / "image_feat.npy") in msg and "2-d" in msg
+
+
+def test_recbole_style_header_and_crlf(tmp_path):
+    folder = tmp_path / "d"
+    inter = write_inter(folder, ROWS, header=("userID:token", "itemID:token", "x_label:token"))
+    inter.write_text(inter.read_text().replace("\n", "\r\n"))
+    ds = load_quiet(folder)
+    assert ds.train.nnz == 6 and ds.valid.nnz == 2 and ds.test.nnz == 3
+
+
+def test_fingerprint(tmp_path):
+    folder = tmp_path / "d"
+    write_inter(folder, ROWS)
+    feats = write_feats(folder)
+    a = load_quiet(folder)
+    assert load_quiet(folder).fingerprint() == a.fingerprint()
+    # held-out rows do not enter the fingerprint (graphs are built from training data only)
+    write_inter(folder, [r for r in ROWS if r != (0, 3, 2)])
+    b = load_quiet(folder)
+    assert b.fingerprint() == a.fingerprint()
+    # a training pair or a feature value does
+    write_inter(folder, [r for r in ROWS if r != (1, 1, 0)])
+    assert load_quiet(folder).fingerprint() != a.fingerprint()
+    write_inter(folder, ROWS)
+    x = feats["audio_feat"].copy()
+    x[2, 1] += 1e-3
+    np.save(folder / "audio_feat.npy", x)
+    c = load_quiet(folder)
+    assert c.fingerprint() != a.fingerprint()
+    assert c.fingerprint(with_features=False) == a.fingerprint(with_features=False)

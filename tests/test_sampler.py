@@ -158,3 +158,14 @@ def test_determinism_under_seed(data, kind):
     a, b, c = run(5), run(5), run(6)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+def test_negatives_are_uniform_over_allowed_items(data):
+    neg = NegativeSampler(data)
+    users = np.full(40_000, 3)
+    j = neg.sample(users, np.random.default_rng(9))
+    allowed = np.setdiff1d(np.flatnonzero(data.item_train_degree() > 0), data.train[3].indices)
+    counts = np.bincount(j, minlength=N_ITEMS)[allowed]
+    assert counts.sum() == len(users)
+    expected = len(users) / len(allowed)
+    assert np.abs(counts - expected).max() < 0.1 * expected  # ≥ 6 sigma for ~15 items

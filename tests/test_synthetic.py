@@ -115,3 +115,15 @@ def test_default_size_has_long_tail_items():
     deg = d.item_train_degree()
     assert 0.1 <= (deg <= 2).mean() <= 0.5
     assert (deg == 0).any() and ((deg >= 1) & (deg <= 2)).any()
+
+
+def test_cli_data_synth(tmp_path):
+    from click.testing import CliRunner
+
+    from mmrecsys.cli import main
+    out = tmp_path / "mini"
+    res = CliRunner().invoke(main, ["data", "synth", "--out", str(out), "--users", "100",
+                                    "--items", "50", "--seed", "2"])
+    assert res.exit_code == 0, res.output
+    assert (out / "mini.inter").exists() and (out / "image_feat.npy").exists()
+    _same(load_dataset(out), make_synthetic(100, 50, seed=2))

@@ -103,6 +103,8 @@ def test_run_directory_files(data, lgn_run):
         assert set(m[split]) == {f"{n}@{k}" for n in ("recall", "ndcg", "precision", "map")
                                  for k in (5, 10, 20, 50)}
         assert m[split]["recall@20"] == pytest.approx(res[split]["recall@20"])
+    valid_curve = [round(h["valid_recall@20"], 4) for h in res["history"]]
+    assert m["best_epoch"] == int(np.argmax(valid_curve))  # first epoch with the max (rounded)
     best_row = res["history"][m["best_epoch"]]
     assert best_row["valid_recall@20"] == pytest.approx(m["valid"]["recall@20"])
     assert m["dataset_fingerprint"] == data.fingerprint()
