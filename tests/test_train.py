@@ -361,3 +361,29 @@ def test_cli_missing_data_folder(tmp_path):
     assert "error:" in res.output and str(tmp_path / "missing") in res.output
     assert "not a directory" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "r").exists()
+
+
+def test_cli_errors_for_bad_run_directories(data_dir, tmp_path):
+    import shutil
+    runner = CliRunner()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = runner.invoke(main, ["train", "--resume", str(empty), "--quiet"])
+    assert res.exit_code == 2 and "config.yaml" in res.output, res.output
+    res = runner.invoke(main, ["evaluate", str(empty)])
+    assert res.exit_code == 2 and "best.pt" in res.output
+    # a run whose dataset folder has gone away
+    moved = tmp_path / "syn"
+    shutil.copytree(data_dir, moved)
+    run = tmp_path / "run"
+    res = runner.invoke(main, ["train", "--model", "bpr", "--data", str(moved), "--out", str(run),
+                               "--set", "epochs=1", "--quiet"])
+    assert res.exit_code == 0, res.output
+    shutil.rmtree(moved)
+    for args in (["evaluate", str(run)], ["recommend", str(run), "-u", "0"]):
+        res = runner.invoke(main, args)
+        assert res.exit_code == 2, (args, res.output, res.exception)
+        assert "error:" in res.output and str(moved) in res.output
+    # --data points the run at the dataset's new place
+    res = runner.invoke(main, ["evaluate", str(run), "--data", str(data_dir)])
+    assert res.exit_code == 0, res.output

@@ -65,6 +65,9 @@ def train(model, data, out, config_file, sets, seed, device, resume, quiet):
     try:
         if resume:
             run = pathlib.Path(resume)
+            if not (run / "config.yaml").exists():
+                _fail(f"{run}: no config.yaml; --resume needs a run directory written by "
+                      f"`mmrecsys train --out`")
             cfg = load_yaml(run / "config.yaml")
             ds = _load_data(cfg.get("data"))
             res = fit(ds, config=cfg, run_dir=run, device=device, progress=not quiet, resume=True,
@@ -114,7 +117,11 @@ def _load_run(run_dir, data, device):
     if not (run / "best.pt").exists():
         _fail(f"{run}: no best.pt; the run has not evaluated yet (train longer or --resume it)")
     cfg = load_yaml(run / "config.yaml")
-    ds = _load_data(data or cfg.get("data"))
+    from .data import DataError
+    try:
+        ds = _load_data(data or cfg.get("data"))
+    except DataError as e:
+        _fail(f"{e}\n(the run's dataset; pass --data DIR if it has moved)")
     dev = resolve_device(device)
     model = build_model(ds, cfg, dev)
     model.load_state_dict(torch.load(run / "best.pt", map_location=dev, weights_only=False))
