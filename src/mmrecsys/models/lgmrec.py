@@ -1,0 +1,415 @@
+"""LGMRec: local and global graph learning for multimodal recommendation.
+
+Guo et al., "LGMRec: Local and Global Graph Learning for Multimodal Recommendation",
+AAAI 2024 (arXiv:2312.16400); official code georgeguo-cn/LGMRec (fixed version of July 2024,
+identical to the copy in MMRec). Implemented from ``spec/lgmrec.md`` (section numbers below).
+
+Notation: U users, I items, N = U + I nodes, d = ``embedding_size``, A = ``hyper_num``,
+τ = ``tau``, R the binary (U, I) training matrix, nrm(x) = x / max(‖x‖₂, 1e-12) row-wise.
+
+Local graph embedding (§2).
+
+.. math::
+    A = \\begin{bmatrix}0 & R\\\\ R^\\top & 0\\end{bmatrix},\\quad
+    \\hat A = D^{-1/2} A D^{-1/2},\\ D = \\mathrm{diag}(\\deg + 10^{-7})
+
+    E_c = \\frac{1}{L_c+1}\\sum_{l=0}^{L_c} \\hat A^l [E_u^0; E_i^0]
+        \\qquad (\\texttt{cf\\_model=mf}: E_c = [E_u^0; E_i^0])
+
+    F_i^m = X_m W_m,\\quad F_u^m = \\mathrm{diag}(1/(\\deg_u + 10^{-7}))\\, R F_i^m,\\quad
+    F^m = \\hat A^{L_m} [F_u^m; F_i^m]
+
+    E_{loc} = E_c + \\sum_m \\mathrm{nrm}(F^m)
+
+Global hypergraph embedding (§3), per modality m:
+
+.. math::
+    S_i^m = X_m V_m,\\quad S_u^m = R S_i^m \\ \\text{(plain sum, no normalisation)}
+
+    H_x^m = \\mathrm{softmax}((S_x^m + g)/\\tau) \\ \\text{row-wise},\\ g \\sim \\mathrm{Gumbel}(0,1)
+    \\ \\text{i.i.d., fresh at every forward (also at inference by default)}
+
+    \\bar H = \\mathrm{Dropout}_{1-\\texttt{keep\\_rate}}(H) \\ \\text{(training only)}
+
+    G_i^{(0)} = E_c[U{:}],\\quad Z^{(h)} = \\bar H_i^\\top G_i^{(h-1)},\\quad
+    G_i^{(h)} = \\bar H_i Z^{(h)},\\quad G_u^{(h)} = \\bar H_u Z^{(h)},\\quad h = 1..L_h
+
+    E_{glob} = \\sum_m [G_u^{m,(L_h)}; G_i^{m,(L_h)}]
+
+Fusion and prediction (§5): :math:`E^* = E_{loc} + \\alpha\\,\\mathrm{nrm}(E_{glob})`,
+:math:`\\hat y_{ui} = \\langle E^*_u, E^*_i\\rangle`.
+
+Losses (§4, §6), for a batch of B triples (u_b, p_b, n_b):
+
+.. math::
+    \\ell(P, Q, Q_{all}) = \\sum_{b=1}^{B} -\\log
+        \\frac{\\exp(c(P_b, Q_b)/\\tau)}{\\sum_k \\exp(c(P_b, Q_{all,k})/\\tau)}
+    \\quad (c = \\text{cosine; a SUM over the batch; denominators over all rows})
+
+    L_{HCL} = \\ell(G_u^v[u_b], G_u^t[u_b], G_u^t) + \\ell(G_i^v[p_b], G_i^t[p_b], G_i^t)
+
+    L = \\underbrace{\\tfrac1B \\textstyle\\sum_b -\\log\\sigma(\\hat y_{u_b p_b} - \\hat y_{u_b n_b})}_{bpr}
+      + \\lambda_{cl} L_{HCL}
+      + \\lambda_{reg} \\frac{\\lVert E^*_u[u]\\rVert_F + \\lVert E^*_i[p]\\rVert_F + \\lVert E^*_i[n]\\rVert_F}{B}
+
+Modalities. They are taken from ``data.features`` in their order (MMRec data: image_feat,
+text_feat, i.e. visual then textual, as in the paper). Any number ≥ 1 works: the local and
+global terms sum over all modalities; the contrastive loss sums ℓ over every ordered pair
+(a, b) with a before b in that order (anchors from a, candidates from b), which is exactly the
+paper's single visual→text term for two modalities; with a single modality it is 0.
+
+Exact reformulations used for speed (the math is unchanged, only float rounding differs):
+
+* ``X_m [W_m | V_m]`` is one product (projection and hyperedge logits), and ``R [F_i | S_i]``
+  one sparse product (user mean and user logits);
+* CGE and MGE share Â: their layers are propagated together as one N×(d·(1+M)) matrix;
+* Â, R, Rᵀ and the inverse user degrees are built once (cached) as CSR tensors; Â is
+  symmetric, so its backward pass is Â itself;
+* the HCL denominators: rows of the batch that share a user (item) share their term, so each
+  distinct row is computed once and weighted by its multiplicity; when A < d the cosine matrix
+  is computed in the A-dimensional hyperedge space, since
+  nrm(P) nrm(H̄Z)ᵀ = (nrm(P) Zᵀ) (diag(1/‖H̄Z‖) H̄)ᵀ; and the log-sum-exp over all users/items
+  is a chunked custom autograd function that never holds the B×U matrix.
+
+Deviation, declared (spec §10): :meth:`representations` runs the forward pass once per
+evaluation pass (valid or test), not once per batch of 4096 evaluated users, so all users of a
+pass share one Gumbel sample. ``deterministic_inference=True`` removes the noise at inference.
+"""
+from __future__ import annotations
+
+import itertools
+import re
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..graphs import bipartite_adjacency, sym_normalize
+from .base import Recommender
+from .layers import bpr_logsigmoid, emb_loss
+
+_EPS_NORM = 1e-12   # F.normalize's eps
+_EPS_DEG = 1e-7     # degree epsilon of Â and of the user mean (§2.1, §2.3)
+
+
+# ----------------------------------------------------------------------------- sparse helpers
+def _csr_tensor(m: sp.spmatrix) -> torch.Tensor:
+    m = m.tocsr().astype(np.float32)
+    m.sort_indices()
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(torch.from_numpy(m.indptr.astype(np.int64)),
+                                       torch.from_numpy(m.indices.astype(np.int64)),
+                                       torch.from_numpy(m.data), size=m.shape,
+                                       check_invariants=False)
+
+
+class _SparseMatmul(torch.autograd.Function):
+    """y = M x for a constant sparse M, with Mᵀ given (the same tensor when M is symmetric)."""
+
+    @staticmethod
+    def forward(ctx, m, m_t, x):
+        ctx.m_t = m_t
+        return m @ x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, None, ctx.m_t @ grad.contiguous()
+
+
+def _spmm(m, m_t, x):
+    return _SparseMatmul.apply(m, m_t, x)
+
+
+# ----------------------------------------------------------------------------- HCL helper
+class _LogSumExpMatmul(torch.autograd.Function):
+    """lse_r = log Σ_k exp(a_r · b_k), chunked over rows of ``a``: never holds the full matrix.
+
+    Backward recomputes each chunk: with P = softmax(a bᵀ) row-wise and g the incoming grad,
+    ∂/∂a = (g ∘ P) b and ∂/∂b = (g ∘ P)ᵀ a.
+    """
+
+    @staticmethod
+    def forward(ctx, a, b, chunk_elems):
+        rows = max(1, int(chunk_elems) // max(1, b.shape[0]))
+        out = torch.empty(a.shape[0], dtype=a.dtype, device=a.device)
+        for s in range(0, a.shape[0], rows):
+            blk = a[s:s + rows] @ b.T
+            mx = blk.amax(1, keepdim=True)
+            blk.sub_(mx).exp_()
+            out[s:s + rows] = mx.squeeze(1) + blk.sum(1).log()
+        ctx.save_for_backward(a, b, out)
+        ctx.rows = rows
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b, lse = ctx.saved_tensors
+        rows = ctx.rows
+        grad_a = torch.empty_like(a) if ctx.needs_input_grad[0] else None
+        grad_b = torch.zeros_like(b) if ctx.needs_input_grad[1] else None
+        for s in range(0, a.shape[0], rows):
+            blk = a[s:s + rows] @ b.T
+            blk.sub_(lse[s:s + rows, None]).exp_().mul_(grad[s:s + rows, None])
+            if grad_a is not None:
+                grad_a[s:s + rows] = blk @ b
+            if grad_b is not None:
+                grad_b.addmm_(blk.T, a[s:s + rows])
+        return grad_a, grad_b, None
+
+
+def hcl_term(anchor_all: torch.Tensor, cand_all: torch.Tensor, rows: torch.Tensor, tau: float,
+             cand_factors: tuple[torch.Tensor, torch.Tensor] | None = None,
+             chunk_elems: int = 1 << 21) -> torch.Tensor:
+    """ℓ(P, Q, Q_all) of spec §4 with P = anchor_all[rows], Q = cand_all[rows], Q_all = cand_all.
+
+    Σ_b [ logsumexp_k(c(P_b, Q_all,k)/τ) − c(P_b, Q_b)/τ ], c the cosine similarity. Rows that
+    repeat in ``rows`` are computed once and weighted by their count (same value, same gradient).
+    ``cand_factors`` = (H, Z) with cand_all = H Z: the similarities are then formed in the
+    hyperedge space (cheaper when H has fewer columns than Z has).
+    """
+    uniq, counts = torch.unique(rows, return_counts=True)
+    p = F.normalize(anchor_all[uniq], dim=1, eps=_EPS_NORM)
+    q = F.normalize(cand_all[uniq], dim=1, eps=_EPS_NORM)
+    pos = (p * q).sum(1) / tau
+    if cand_factors is not None and cand_factors[0].shape[1] < cand_all.shape[1]:
+        h, z = cand_factors
+        norm = cand_all.norm(dim=1, keepdim=True).clamp_min(_EPS_NORM)
+        left, right = (p / tau) @ z.T, h / norm             # (n, A), (n_all, A)
+    else:
+        left, right = p / tau, F.normalize(cand_all, dim=1, eps=_EPS_NORM)
+    lse = _LogSumExpMatmul.apply(left, right, chunk_elems)
+    return (counts.to(lse.dtype) * (lse - pos)).sum()
+
+
+# ----------------------------------------------------------------------------- the model
+class LGMRec(Recommender):
+    """LGMRec (local + global graph learning) as in the official code, fixed version.
+
+    Args:
+        embedding_size: d, size of the ID embeddings and of the projected modal features
+            (``embedding_size`` = ``feat_embed_dim`` = 64).
+        n_ui_layers: L_c, LightGCN layers of the collaborative graph embedding (grid {1..4}).
+        n_mm_layers: L_m, propagation layers of the modality graph embedding; only the last
+            layer is used; 0 returns the initial features (grid {0..4}).
+        n_hyper_layer: L_h ≥ 1, hypergraph message-passing layers (grid {1..4}).
+        hyper_num: A, number of hyperedges (implicit attributes) per modality (2..256).
+        keep_rate: probability of keeping an entry of the dependency matrices in the dropout
+            (training only; the official code's ``keep_rate``, the paper's "ρ").
+        alpha: weight α of the normalised global embedding in the fusion.
+        cl_weight: λ_cl, weight of the (sum-reduced) hypergraph contrastive loss.
+        reg_weight: λ_reg, weight of the non-squared Frobenius norm of the batch's final
+            embeddings divided by the batch size.
+        tau: τ, temperature of both the Gumbel-softmax and the contrastive loss (hard-coded
+            0.2 in the official code).
+        cf_model: "lightgcn" (default) or "mf" (E_c = E⁰, no propagation).
+        deterministic_inference: False (default, as the official code): the Gumbel noise is
+            also drawn at inference, so evaluation is random; True: plain softmax(S/τ) at
+            inference (training is unchanged).
+        legacy_user_hyperedges: reproduce the bug of the first published code (Aug 2023),
+            which produced the paper's logs (spec §11.1): the visual user dependency matrix is
+            the Gumbel-softmax of the TEXT user logits, and the text user matrix is the raw text
+            user logits. Needs exactly two modalities. Off by default.
+    """
+
+    name = "lgmrec"
+    requires_features = True
+    train_defaults = {
+        "epochs": 1000, "batch_size": 2048, "lr": 1e-3, "weight_decay": 0.0, "optimizer": "adam",
+        "lr_scheduler": [1.0, 50], "eval_step": 1, "patience": 20, "seed": 999,
+        "sampler": "interactions", "negatives_from": "train_items", "valid_metrics": ["recall@20"],
+    }
+    presets = {  # spec §9.1 "Default" rows (official yaml at HEAD)
+        "baby": {"n_ui_layers": 2, "n_mm_layers": 2, "n_hyper_layer": 1, "hyper_num": 4,
+                 "keep_rate": 0.5, "alpha": 0.3},
+        "sports": {"n_ui_layers": 4, "n_mm_layers": 2, "n_hyper_layer": 1, "hyper_num": 4,
+                   "keep_rate": 0.4, "alpha": 0.6},
+        "clothing": {"n_ui_layers": 2, "n_mm_layers": 2, "n_hyper_layer": 2, "hyper_num": 64,
+                     "keep_rate": 0.2, "alpha": 0.2},
+    }
+
+    def __init__(self, data, cache=None, *, embedding_size: int = 64, n_ui_layers: int = 2,
+                 n_mm_layers: int = 2, n_hyper_layer: int = 1, hyper_num: int = 4,
+                 keep_rate: float = 0.5, alpha: float = 0.3, cl_weight: float = 1e-4,
+                 reg_weight: float = 1e-6, tau: float = 0.2, cf_model: str = "lightgcn",
+                 deterministic_inference: bool = False, legacy_user_hyperedges: bool = False):
+        super().__init__(data, cache)
+        if cf_model not in ("lightgcn", "mf"):
+            raise ValueError(f"cf_model={cf_model!r}: use 'lightgcn' or 'mf'")
+        if n_hyper_layer < 1:
+            raise ValueError(f"n_hyper_layer={n_hyper_layer}: LGMRec needs at least 1 hypergraph layer")
+        if n_ui_layers < 0 or n_mm_layers < 0:
+            raise ValueError("n_ui_layers and n_mm_layers must be ≥ 0")
+        if hyper_num < 1 or embedding_size < 1:
+            raise ValueError("hyper_num and embedding_size must be ≥ 1")
+        if not 0.0 < keep_rate <= 1.0:
+            raise ValueError(f"keep_rate={keep_rate}: the probability of keeping an entry, in (0, 1]")
+        if tau <= 0:
+            raise ValueError(f"tau={tau}: must be > 0")
+        if legacy_user_hyperedges and len(data.features) != 2:
+            raise ValueError("legacy_user_hyperedges reproduces a two-modality bug (visual, text); "
+                             f"dataset {data.name!r} has {len(data.features)} modalities")
+        self.embedding_size = embedding_size
+        self.n_ui_layers = n_ui_layers
+        self.n_mm_layers = n_mm_layers
+        self.n_hyper_layer = n_hyper_layer
+        self.hyper_num = hyper_num
+        self.keep_rate = keep_rate
+        self.alpha = alpha
+        self.cl_weight = cl_weight
+        self.reg_weight = reg_weight
+        self.tau = tau
+        self.cf_model = cf_model
+        self.deterministic_inference = deterministic_inference
+        self.legacy_user_hyperedges = legacy_user_hyperedges
+        self.modalities = list(data.features)
+
+        # constant graphs (§2.1): Â (symmetric), R and Rᵀ, 1/(deg_u + 1e-7)
+        def build():
+            r = data.train.tocsr().astype(np.float32)
+            r.data[:] = 1.0
+            adj = sym_normalize(bipartite_adjacency(r), eps=_EPS_DEG)
+            inv_deg = 1.0 / (np.diff(r.indptr).astype(np.float32) + np.float32(_EPS_DEG))
+            return {"norm_adj": adj, "inter": r, "inv_user_degree": inv_deg.astype(np.float32)}
+        if cache is not None:
+            g = cache.get_or_build("lgmrec-graphs", {"data": data.fingerprint(with_features=False),
+                                                     "eps": _EPS_DEG, "version": 1}, build)
+        else:
+            g = build()
+        self.register_buffer("norm_adj", _csr_tensor(g["norm_adj"]), persistent=False)
+        self.register_buffer("inter", _csr_tensor(g["inter"]), persistent=False)
+        self.register_buffer("inter_t", _csr_tensor(g["inter"].T), persistent=False)
+        self.register_buffer("inv_user_degree", torch.from_numpy(g["inv_user_degree"])[:, None],
+                             persistent=False)
+
+        # frozen raw features and trainable parameters (§1)
+        self._keys = []
+        self.user_embedding = nn.Parameter(torch.empty(self.n_users, embedding_size))
+        self.item_embedding = nn.Parameter(torch.empty(self.n_items, embedding_size))
+        self.projection = nn.ParameterDict()     # W_m (D_m, d)
+        self.hyperedges = nn.ParameterDict()     # V_m (D_m, A)
+        for i, (mod, x) in enumerate(data.features.items()):
+            key = re.sub(r"\W", "_", mod) or f"m{i}"
+            if key in self.projection:
+                key = f"{key}_{i}"
+            self._keys.append(key)
+            self.register_buffer(f"feat_{key}", torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32)),
+                                 persistent=False)
+            self.projection[key] = nn.Parameter(torch.empty(x.shape[1], embedding_size))
+            self.hyperedges[key] = nn.Parameter(torch.empty(x.shape[1], hyper_num))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        nn.init.xavier_uniform_(self.user_embedding)
+        nn.init.xavier_uniform_(self.item_embedding)
+        for k in self._keys:
+            nn.init.xavier_uniform_(self.projection[k])
+        for k in self._keys:
+            nn.init.xavier_uniform_(self.hyperedges[k])
+
+    def features(self, key: str) -> torch.Tensor:
+        return getattr(self, f"feat_{key}")
+
+    # ------------------------------------------------------------------ forward pieces
+    def modal_inputs(self):
+        """Per modality: initial MGE input [F_u; F_i] (N, d), item and user hyperedge logits."""
+        d = self.embedding_size
+        out = []
+        for k in self._keys:
+            y = self.features(k) @ torch.cat([self.projection[k], self.hyperedges[k]], 1)  # (I, d+A)
+            ry = _spmm(self.inter, self.inter_t, y)                                        # (U, d+A)
+            f0 = torch.cat([ry[:, :d] * self.inv_user_degree, y[:, :d]], 0)               # (N, d)
+            out.append((f0, y[:, d:], ry[:, d:]))
+        return out
+
+    def dependency(self, logits: torch.Tensor) -> torch.Tensor:
+        """Row-wise soft Gumbel-softmax at temperature τ (plain softmax when deterministic)."""
+        if not self.training and self.deterministic_inference:
+            return torch.softmax(logits / self.tau, dim=1)
+        return F.gumbel_softmax(logits, tau=self.tau, hard=False, dim=1)
+
+    def local_propagation(self, ego: torch.Tensor, modal: list[torch.Tensor]):
+        """E_c = mean_{l≤L_c} Â^l E⁰ (or E⁰ for mf) and F^m = Â^{L_m} F^m_0, sharing Â products."""
+        d = self.embedding_size
+        lc = self.n_ui_layers if self.cf_model == "lightgcn" else 0
+        lm = self.n_mm_layers
+        acc = ego
+        h_ego, h_mod = ego, torch.cat(modal, 1) if modal else None
+        for layer in range(1, max(lc, lm) + 1):
+            parts = ([h_ego] if layer <= lc else []) + ([h_mod] if layer <= lm and h_mod is not None else [])
+            h = _spmm(self.norm_adj, self.norm_adj, torch.cat(parts, 1) if len(parts) > 1 else parts[0])
+            if layer <= lc:
+                h_ego, h = h[:, :d], h[:, d:]
+                acc = acc + h_ego
+            if layer <= lm and h_mod is not None:
+                h_mod = h
+        e_c = acc / (lc + 1)
+        feats = list(h_mod.split(d, 1)) if h_mod is not None else []
+        return e_c, feats
+
+    def hypergraph(self, h_item: torch.Tensor, h_user: torch.Tensor, g_item0: torch.Tensor):
+        """L_h layers of Z = H̄_iᵀ G_i, G_i = H̄_i Z; users read G_u = H̄_u Z of the last layer."""
+        g_item = g_item0
+        for _ in range(self.n_hyper_layer):
+            z = h_item.T @ g_item          # (A, d)
+            g_item = h_item @ z            # (I, d)
+        return h_user @ z, g_item, z
+
+    def forward(self):
+        """Full-graph pass: (E* (N, d), per-modality list of (H̄_u, H̄_i, Z, G_u, G_i))."""
+        ego = torch.cat([self.user_embedding, self.item_embedding], 0)
+        inputs = self.modal_inputs()
+        # dependency matrices: Gumbel draws in the official order (iv, uv, it, ut)
+        deps = []
+        for f0, s_item, s_user in inputs:
+            deps.append([self.dependency(s_item), self.dependency(s_user)])
+        if self.legacy_user_hyperedges:  # spec §11.1: text block overwrote the visual user matrix
+            deps[0][1] = deps[1][1]
+            deps[1][1] = inputs[1][2]
+        e_c, modal = self.local_propagation(ego, [f0 for f0, _, _ in inputs])
+        p_drop = 1.0 - self.keep_rate
+        global_parts = []
+        e_glob = None
+        item_c = e_c[self.n_users:]
+        for h_item, h_user in deps:  # dropout masks in the official order (iv, uv, it, ut)
+            h_item = F.dropout(h_item, p_drop, self.training)
+            h_user = F.dropout(h_user, p_drop, self.training)
+            g_user, g_item, z = self.hypergraph(h_item, h_user, item_c)
+            global_parts.append((h_user, h_item, z, g_user, g_item))
+            g = torch.cat([g_user, g_item], 0)
+            e_glob = g if e_glob is None else e_glob + g
+        out = e_c
+        for f in modal:
+            out = out + F.normalize(f, dim=1, eps=_EPS_NORM)
+        out = out + self.alpha * F.normalize(e_glob, dim=1, eps=_EPS_NORM)
+        return out, global_parts
+
+    # ------------------------------------------------------------------ trainer hooks
+    def hcl_loss(self, global_parts, users, pos) -> torch.Tensor:
+        """Σ over modality pairs (a < b) of ℓ_user + ℓ_item (spec §4; 0 with one modality)."""
+        total = None
+        for (hu_a, hi_a, z_a, gu_a, gi_a), (hu_b, hi_b, z_b, gu_b, gi_b) in \
+                itertools.combinations(global_parts, 2):
+            t = hcl_term(gu_a, gu_b, users, self.tau, (hu_b, z_b)) + \
+                hcl_term(gi_a, gi_b, pos, self.tau, (hi_b, z_b))
+            total = t if total is None else total + t
+        if total is None:
+            total = self.user_embedding.new_zeros(())
+        return total
+
+    def loss(self, users, pos, neg):
+        out, global_parts = self.forward()
+        u = out[users]
+        i = out[self.n_users + pos]
+        j = out[self.n_users + neg]
+        bpr = bpr_logsigmoid((u * i).sum(1), (u * j).sum(1))
+        return {"bpr": bpr,
+                "hcl": self.cl_weight * self.hcl_loss(global_parts, users, pos),
+                "reg": self.reg_weight * emb_loss(u, i, j)}
+
+    def representations(self):
+        out, _ = self.forward()
+        return out[: self.n_users], out[self.n_users:]

@@ -1,0 +1,340 @@
+"""LGMRec (spec/lgmrec.md): hand-checked small cases, a dense literal reference, a short training run."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmrecsys.data import Dataset
+from mmrecsys.models.lgmrec import LGMRec, hcl_term
+
+# tiny graph: 3 users, 4 items; item 3 has no training interaction (only in test)
+#   u0: i0 i1      u1: i1      u2: i0 i1 i2
+TRAIN = [(0, 0), (0, 1), (1, 1), (2, 0), (2, 1), (2, 2)]
+HELD = [(0, 2, 1), (1, 0, 1), (2, 3, 1), (0, 3, 2), (1, 2, 2), (2, 3, 2)]
+
+
+def tiny_data(n_modalities=2, seed=0) -> Dataset:
+    rng = np.random.default_rng(seed)
+    u = [a for a, _ in TRAIN] + [a for a, _, _ in HELD]
+    i = [b for _, b in TRAIN] + [b for _, b, _ in HELD]
+    lab = [0] * len(TRAIN) + [c for _, _, c in HELD]
+    widths = [5, 3, 4][:n_modalities]
+    names = ["image_feat", "text_feat", "audio_feat"][:n_modalities]
+    feats = {n: rng.standard_normal((4, w)).astype(np.float32) for n, w in zip(names, widths)}
+    return Dataset.from_arrays(u, i, lab, 3, 4, feats, name="tiny")
+
+
+def dense(t):
+    return t.to_dense() if t.layout != torch.strided else t
+
+
+# ---------------------------------------------------------------------------- graphs
+def test_adjacency_normalisation_by_hand():
+    m = LGMRec(tiny_data())
+    a = dense(m.norm_adj)
+    deg = {"u0": 2, "u1": 1, "u2": 3, "i0": 2, "i1": 3, "i2": 1}
+    U = 3
+    expected = torch.zeros(7, 7)
+    names_u, names_i = ["u0", "u1", "u2"], ["i0", "i1", "i2", "i3"]
+    for uu, ii in TRAIN:
+        v = 1.0 / math.sqrt((deg[names_u[uu]] + 1e-7) * (deg[names_i[ii]] + 1e-7))
+        expected[uu, U + ii] = expected[U + ii, uu] = v
+    torch.testing.assert_close(a, expected)
+    assert a[U + 3].abs().sum() == 0 and a[:, U + 3].abs().sum() == 0   # untrained item: zero row
+    assert a.diagonal().abs().sum() == 0                                # no self-loops
+    assert abs(a[0, U + 1].item() - 1 / math.sqrt(6)) < 1e-6           # u0 (deg 2) – i1 (deg 3)
+    torch.testing.assert_close(dense(m.inter), torch.tensor(
+        [[1, 1, 0, 0], [0, 1, 0, 0], [1, 1, 1, 0]], dtype=torch.float32))
+
+
+def test_user_modal_initialisation_is_mean_of_projected_items():
+    data = tiny_data()
+    m = LGMRec(data, embedding_size=3, hyper_num=2)
+    f0, s_item, s_user = m.modal_inputs()[0]
+    x = torch.from_numpy(data.features["image_feat"])
+    fi = x @ m.projection["image_feat"]
+    expected_users = torch.stack([(fi[0] + fi[1]) / 2, fi[1], (fi[0] + fi[1] + fi[2]) / 3])
+    torch.testing.assert_close(f0[:3], expected_users, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(f0[3:], fi)
+    si = x @ m.hyperedges["image_feat"]
+    torch.testing.assert_close(s_item, si)
+    # user logits: plain SUM over the user's items, no degree normalisation
+    torch.testing.assert_close(s_user, torch.stack([si[0] + si[1], si[1], si[0] + si[1] + si[2]]))
+
+
+def test_mge_propagation_last_layer_and_cge_layer_mean():
+    data = tiny_data()
+    m = LGMRec(data, embedding_size=3, n_ui_layers=2, n_mm_layers=3)
+    a = dense(m.norm_adj)
+    ego = torch.randn(7, 3)
+    f0 = [torch.randn(7, 3), torch.randn(7, 3)]
+    e_c, feats = m.local_propagation(ego, f0)
+    torch.testing.assert_close(e_c, (ego + a @ ego + a @ a @ ego) / 3)
+    for f, x in zip(feats, f0):
+        torch.testing.assert_close(f, a @ a @ a @ x)
+    m.n_mm_layers = 0
+    _, feats = m.local_propagation(ego, f0)
+    torch.testing.assert_close(feats[1], f0[1])
+    m.cf_model = "mf"
+    e_c, _ = m.local_propagation(ego, f0)
+    torch.testing.assert_close(e_c, ego)
+
+
+# ---------------------------------------------------------------------------- hypergraph
+def test_dependency_matrices_gumbel_softmax_and_dropout():
+    m = LGMRec(tiny_data(), tau=0.2)
+    logits = torch.tensor([[0.0, 0.2, -0.1], [1.0, 0.0, 0.0]])
+    torch.manual_seed(5)
+    h = m.dependency(logits)
+    torch.manual_seed(5)
+    g = -torch.empty_like(logits).exponential_().log()     # standard Gumbel(0, 1)
+    torch.testing.assert_close(h, torch.softmax((logits + g) / 0.2, dim=1))
+    torch.testing.assert_close(h.sum(1), torch.ones(2))
+    # inference keeps the noise by default ...
+    m.eval()
+    torch.manual_seed(6)
+    noisy = m.dependency(logits)
+    assert not torch.allclose(noisy, torch.softmax(logits / 0.2, 1))
+    # ... and is deterministic on request
+    m.deterministic_inference = True
+    det = m.dependency(logits)
+    torch.testing.assert_close(det, torch.softmax(logits / 0.2, 1))
+    # hand value: softmax([0, 1]/0.2) = [1/(1+e^5), e^5/(1+e^5)]
+    torch.testing.assert_close(m.dependency(torch.tensor([[0.0, 1.0]])),
+                               torch.tensor([[1 / (1 + math.e ** 5), 1 / (1 + math.e ** -5)]]))
+
+
+def test_hypergraph_pass_by_hand():
+    m = LGMRec(tiny_data(), n_hyper_layer=1)
+    h_item = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.5, 0.5]])   # (I=4, A=2)
+    h_user = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])               # (U=3, A=2)
+    g0 = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0], [2.0, 2.0]])       # (I, d=2)
+    g_user, g_item, z = m.hypergraph(h_item, h_user, g0)
+    # hyperedge 0 collects items 0, 2 and half of 3: (1+3+1, 0+0+1) = (5, 1); hyperedge 1: (1, 3)
+    torch.testing.assert_close(z, torch.tensor([[5.0, 1.0], [1.0, 3.0]]))
+    torch.testing.assert_close(g_item, torch.tensor([[5.0, 1.0], [1.0, 3.0], [5.0, 1.0], [3.0, 2.0]]))
+    torch.testing.assert_close(g_user, torch.tensor([[5.0, 1.0], [1.0, 3.0], [3.0, 2.0]]))
+    m.n_hyper_layer = 2  # the same H reused; users read the last layer's hyperedges
+    g_user2, g_item2, z2 = m.hypergraph(h_item, h_user, g0)
+    z_exp = h_item.T @ (h_item @ torch.tensor([[5.0, 1.0], [1.0, 3.0]]))
+    torch.testing.assert_close(z2, z_exp)
+    torch.testing.assert_close(g_user2, h_user @ z_exp)
+
+
+def test_dropout_on_dependencies_in_training_only():
+    m = LGMRec(tiny_data(), keep_rate=0.5)
+    h = torch.full((200, 4), 0.25)
+    m.train()
+    torch.manual_seed(0)
+    dropped = F.dropout(h, 1 - m.keep_rate, m.training)
+    assert set(torch.unique(dropped).tolist()) == {0.0, 0.5}     # kept entries scaled by 1/keep_rate
+    m.eval()
+    torch.testing.assert_close(F.dropout(h, 1 - m.keep_rate, m.training), h)
+
+
+# ---------------------------------------------------------------------------- contrastive loss
+def test_contrastive_loss_value_on_fixed_input():
+    anchor = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    cand = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, -1.0]])
+    rows = torch.tensor([0, 2, 0])  # row 0 twice: counted twice (sum over the batch)
+    tau = 0.5
+    # cosines by hand: anchor0·cand = [1, 1/√2, 0]; anchor2·cand = [1/√2, 1, -1/√2];
+    # the positive of row b is cand[b]: cos 1 for row 0, −1/√2 for row 2
+    r = 1 / math.sqrt(2)
+    l0 = -math.log(math.exp(1 / tau) / (math.exp(1 / tau) + math.exp(r / tau) + math.exp(0)))
+    l2 = -math.log(math.exp(-r / tau) / (math.exp(r / tau) + math.exp(1 / tau) + math.exp(-r / tau)))
+    value = hcl_term(anchor, cand, rows, tau)
+    assert abs(value.item() - (2 * l0 + l2)) < 1e-5
+
+
+def test_contrastive_factored_and_chunked_paths_match_direct():
+    torch.manual_seed(0)
+    h = torch.rand(50, 3, requires_grad=True)
+    z = torch.randn(3, 8, requires_grad=True)
+    anchor = torch.randn(50, 8, requires_grad=True)
+    rows = torch.randint(0, 50, (40,))
+
+    def direct():
+        cand = h @ z
+        p, q = F.normalize(anchor[rows], dim=1), F.normalize(cand[rows], dim=1)
+        qa = F.normalize(cand, dim=1)
+        return -(torch.log(torch.exp((p * q).sum(1) / 0.2) / torch.exp(p @ qa.T / 0.2).sum(1))).sum()
+
+    ref = direct()
+    g_ref = torch.autograd.grad(ref, (h, z, anchor))
+    for factors in (None, "hz"):
+        cand = h @ z
+        val = hcl_term(anchor, cand, rows, 0.2, (h, z) if factors else None, chunk_elems=100)
+        g = torch.autograd.grad(val, (h, z, anchor))
+        torch.testing.assert_close(val, ref, rtol=1e-5, atol=1e-4)
+        for a, b in zip(g, g_ref):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- full model
+def reference_loss(m: LGMRec, data: Dataset, users, pos, neg, training=True, legacy=False):
+    """Literal dense transcription of the official forward/loss (spec §2–§6), same RNG order."""
+    U, I = data.n_users, data.n_items
+    r = torch.from_numpy(data.train.toarray())
+    a = torch.zeros(U + I, U + I)
+    a[:U, U:], a[U:, :U] = r, r.T
+    deg = a.sum(1) + 1e-7
+    a_hat = deg[:, None] ** -0.5 * a * deg[None, :] ** -0.5
+    num_inters = 1.0 / (r.sum(1) + 1e-7)
+    keys = list(m._keys)
+    xs = [m.features(k) for k in keys]
+    hyp = []
+    for k, x in zip(keys, xs):
+        i_h = x @ m.hyperedges[k]
+        u_h = r @ i_h
+        hyp.append([F.gumbel_softmax(i_h, m.tau, dim=1), F.gumbel_softmax(u_h, m.tau, dim=1), u_h])
+    if legacy:
+        hyp[0][1], hyp[1][1] = hyp[1][1], hyp[1][2]
+    ego = torch.cat([m.user_embedding, m.item_embedding])
+    layers = [ego]
+    for _ in range(m.n_ui_layers):
+        layers.append(a_hat @ layers[-1])
+    cge = torch.stack(layers).mean(0)
+    lge = cge
+    for k, x in zip(keys, xs):
+        item_feats = x @ m.projection[k]
+        user_feats = (r @ item_feats) * num_inters[:, None]
+        f = torch.cat([user_feats, item_feats])
+        for _ in range(m.n_mm_layers):
+            f = a_hat @ f
+        lge = lge + F.normalize(f)
+    drop = torch.nn.Dropout(1 - m.keep_rate)
+    drop.train(training)
+    glob, per = 0, []
+    for h_i, h_u, _ in hyp:
+        hi, hu = drop(h_i), drop(h_u)
+        gi = cge[U:]
+        for _ in range(m.n_hyper_layer):
+            lat = hi.T @ gi
+            gi = hi @ lat
+            gu = hu @ lat
+        per.append((gu, gi))
+        glob = glob + torch.cat([gu, gi])
+    out = lge + m.alpha * F.normalize(glob)
+    ue, ie = out[:U], out[U:]
+    u, i, j = ue[users], ie[pos], ie[neg]
+    bpr = -torch.mean(F.logsigmoid((u * i).sum(1) - (u * j).sum(1)))
+
+    def ssl(e1, e2, all_e):
+        n1, n2, na = F.normalize(e1), F.normalize(e2), F.normalize(all_e)
+        pos_s = torch.exp((n1 * n2).sum(1) / m.tau)
+        ttl = torch.exp(n1 @ na.T / m.tau).sum(1)
+        return -torch.log(pos_s / ttl).sum()
+
+    (gu_v, gi_v), (gu_t, gi_t) = per[0], per[1]
+    hcl = ssl(gu_v[users], gu_t[users], gu_t) + ssl(gi_v[pos], gi_t[pos], gi_t)
+    reg = (torch.norm(u) + torch.norm(i) + torch.norm(j)) / users.shape[0]
+    return {"bpr": bpr, "hcl": m.cl_weight * hcl, "reg": m.reg_weight * reg}, out
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_total_loss_matches_dense_reference(legacy):
+    data = tiny_data()
+    torch.manual_seed(1)
+    m = LGMRec(data, embedding_size=4, hyper_num=2, n_ui_layers=2, n_mm_layers=2, n_hyper_layer=2,
+               keep_rate=0.6, alpha=0.7, cl_weight=0.01, reg_weight=0.1,
+               legacy_user_hyperedges=legacy)
+    users, pos, neg = torch.tensor([0, 2, 2, 1]), torch.tensor([1, 0, 2, 1]), torch.tensor([2, 3, 3, 0])
+    m.train()
+    torch.manual_seed(7)
+    got = m.loss(users, pos, neg)
+    torch.manual_seed(7)
+    ref, _ = reference_loss(m, data, users, pos, neg, legacy=legacy)
+    for k in ("bpr", "hcl", "reg"):
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-5, atol=1e-6)
+    total_got = sum(got.values())
+    total_ref = sum(ref.values())
+    grads = torch.autograd.grad(total_got, list(m.parameters()))
+    grads_ref = torch.autograd.grad(total_ref, list(m.parameters()))
+    for g, gr in zip(grads, grads_ref):
+        torch.testing.assert_close(g, gr, rtol=1e-4, atol=1e-6)
+    # inference: same forward without dropout, Gumbel noise kept
+    m.eval()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        ue, ie = m.representations()
+    torch.manual_seed(3)
+    _, out = reference_loss(m, data, users, pos, neg, training=False, legacy=legacy)
+    torch.testing.assert_close(torch.cat([ue, ie]), out.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_initial_hcl_magnitude_and_parameter_count():
+    data = tiny_data()
+    m = LGMRec(data, embedding_size=4, hyper_num=2)
+    # (U + I)·d + Σ_m D_m·(d + A)
+    assert sum(p.numel() for p in m.parameters()) == 7 * 4 + 5 * 6 + 3 * 6
+    # Baby (spec §1): 19,445 users, 7,050 items, 4096/384-d features → 2,000,320 parameters
+    assert (19445 + 7050) * 64 + (4096 + 384) * (64 + 4) == 2_000_320
+
+
+def test_determinism_under_a_seed():
+    data = tiny_data()
+    users, pos, neg = torch.tensor([0, 1, 2]), torch.tensor([1, 1, 0]), torch.tensor([3, 2, 3])
+
+    def run():
+        torch.manual_seed(11)
+        m = LGMRec(data, embedding_size=4, hyper_num=2)
+        opt = torch.optim.Adam(m.parameters(), lr=0.01)
+        losses = []
+        for _ in range(3):
+            loss = sum(m.loss(users, pos, neg).values())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        return losses, [p.detach().clone() for p in m.parameters()]
+
+    l1, p1 = run()
+    l2, p2 = run()
+    assert l1 == l2
+    for a, b in zip(p1, p2):
+        assert torch.equal(a, b)
+
+
+def test_modalities_from_data_any_number_and_clear_error_without():
+    m3 = LGMRec(tiny_data(3), embedding_size=4, hyper_num=2)
+    assert m3._keys == ["image_feat", "text_feat", "audio_feat"]
+    terms = m3.loss(torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([3, 3]))
+    assert all(torch.isfinite(v) for v in terms.values()) and terms["hcl"] > 0
+    m1 = LGMRec(tiny_data(1), embedding_size=4, hyper_num=2)
+    assert m1.loss(torch.tensor([0]), torch.tensor([0]), torch.tensor([3]))["hcl"].item() == 0.0
+    empty = tiny_data(0)
+    with pytest.raises(ValueError, match="needs item modality features"):
+        LGMRec(empty)
+    with pytest.raises(ValueError, match="two-modality"):
+        LGMRec(tiny_data(3), legacy_user_hyperedges=True)
+
+
+def test_presets_follow_spec():
+    assert LGMRec.presets["sports"]["n_ui_layers"] == 4
+    assert LGMRec.presets["clothing"] == {"n_ui_layers": 2, "n_mm_layers": 2, "n_hyper_layer": 2,
+                                          "hyper_num": 64, "keep_rate": 0.2, "alpha": 0.2}
+    hp = LGMRec.hyperparameters()
+    assert (hp["cl_weight"], hp["reg_weight"], hp["tau"], hp["keep_rate"], hp["alpha"]) == \
+        (1e-4, 1e-6, 0.2, 0.5, 0.3)
+    assert hp["deterministic_inference"] is False and hp["legacy_user_hyperedges"] is False
+
+
+# ---------------------------------------------------------------------------- training
+def test_short_training_improves_validation_recall():
+    synthetic = pytest.importorskip("mmrecsys.data.synthetic")
+    train = pytest.importorskip("mmrecsys.train")
+    from mmrecsys.evaluation import evaluate
+    data = synthetic.make_synthetic(n_users=600, n_items=300, seed=0)
+    overrides = {"epochs": 6, "batch_size": 512, "lr": 5e-3, "deterministic_inference": True,
+                 "seed": 1, "cache_dir": ""}
+    torch.manual_seed(1)
+    untrained = LGMRec(data, deterministic_inference=True)
+    before = evaluate(untrained, data, "valid", topk=(20,)).metrics["recall@20"]
+    res = train.fit(data, "lgmrec", overrides, log=None)
+    after = res["valid"]["recall@20"]
+    assert after > before + 0.05, (before, after)
