@@ -168,7 +168,10 @@ def models(name):
     from .models import available_models, get_model_class
     if not name:
         for m in available_models():
-            doc = (get_model_class(m).__doc__ or "").strip().splitlines()
+            try:
+                doc = (get_model_class(m).__doc__ or "").strip().splitlines()
+            except ImportError as e:
+                doc = [f"(unavailable: {e})"]
             click.echo(f"{m:10s} {doc[0] if doc else ''}")
         return
     try:

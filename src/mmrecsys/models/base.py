@@ -25,6 +25,9 @@ from ..data import Dataset
 from ..graphs import GraphCache
 
 MODELS: dict[str, type["Recommender"]] = {}
+#: built-in models: registry name -> module of this package (imported on first use)
+BUILTIN = {"bpr": "bpr", "lightgcn": "lightgcn", "lgmrec": "lgmrec", "mmhcl": "mmhcl",
+           "rearm": "rearm"}
 
 
 class Recommender(nn.Module):
@@ -87,13 +90,15 @@ class Recommender(nn.Module):
 
 
 def get_model_class(name: str) -> type[Recommender]:
-    from . import _import_all  # noqa: F401  (registers every model module)
-    key = name.lower()
+    """The model class registered as ``name`` (built-in modules are imported on first use)."""
+    import importlib
+    key = str(name).lower()
+    if key not in MODELS and key in BUILTIN:
+        importlib.import_module(f"{__package__}.{BUILTIN[key]}")
     if key not in MODELS:
-        raise KeyError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}")
+        raise KeyError(f"unknown model {name!r}; available: {', '.join(available_models())}")
     return MODELS[key]
 
 
 def available_models() -> list[str]:
-    from . import _import_all  # noqa: F401
-    return sorted(MODELS)
+    return sorted(set(MODELS) | set(BUILTIN))

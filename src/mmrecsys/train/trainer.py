@@ -120,6 +120,9 @@ def fit(data: Dataset, model: str | None = None, overrides: dict | None = None, 
         config["model"] = cls.name
         config.setdefault("data", str(data.path) if data.path else data.name)
     cfg = config
+    if max(cfg["topk"]) > data.n_items:
+        raise ValueError(f"topk {cfg['topk']} asks for lists longer than the {data.n_items} items of "
+                         f"{data.name}; lower it, e.g. --set topk=[5,10]")
     dev = resolve_device(device)
     run = pathlib.Path(run_dir) if run_dir is not None else None
     if run is not None:
