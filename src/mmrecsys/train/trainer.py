@@ -146,6 +146,7 @@ def fit(data: Dataset, model: str | None = None, overrides: dict | None = None, 
     best_state = None
     start_epoch = 0
     stopped_early = False
+    fp = data.fingerprint(with_features=True)
     if resume and run is not None and (run / "last.pt").exists():
         ck = torch.load(run / "last.pt", weights_only=False, map_location=dev)
         net.load_state_dict(ck["model"])
@@ -231,7 +232,8 @@ def fit(data: Dataset, model: str | None = None, overrides: dict | None = None, 
                 "scheduler": sched.state_dict(), "numpy_rng": rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
                 "stopper": stopper.state_dict(), "history": history, "best": best,
-                "epoch": epoch, "finished": finished, "stopped_early": stopped_early})
+                "epoch": epoch, "finished": finished, "stopped_early": stopped_early,
+                "dataset_fingerprint": fp})
         if finished:
             break
     epochs_bar.close()
@@ -242,7 +244,7 @@ def fit(data: Dataset, model: str | None = None, overrides: dict | None = None, 
                "epochs_run": len(history), "stopped_early": stopped_early,
                "valid": best["valid"], "test": best["test"],
                "graph_build_seconds": round(build_seconds, 3),
-               "dataset_fingerprint": data.fingerprint(with_features=True)}
+               "dataset_fingerprint": fp}
     if run is not None:
         _write_history(run / "history.csv", history)
         report = final_report(net, data, cfg)
