@@ -75,11 +75,51 @@ def rank_topk(score_fn, users: np.ndarray, n_items: int, mask: sp.csr_matrix, k:
         yield start, start + len(rows), top
 
 
+@dataclass
+class Ranking:
+    """Top-K lists of a set of users (sorted ids) under one mask; reusable across splits."""
+    users: np.ndarray       # (n,) sorted user ids
+    top: torch.Tensor       # (n, K) ranked item ids
+    mask_id: int            # id() of the mask matrix it was ranked under
+
+    def rows_of(self, users: np.ndarray) -> torch.Tensor | None:
+        if len(users) == 0:
+            return self.top[:0]
+        idx = np.searchsorted(self.users, users)
+        if idx.max() >= len(self.users) or not np.array_equal(self.users[idx], users):
+            return None
+        return self.top[torch.as_tensor(idx, device=self.top.device)]
+
+
+@torch.no_grad()
+def rank_users(model, data: Dataset, users: np.ndarray, k: int, mask: sp.csr_matrix, *,
+               reps=None, chunk_size: int = 4096, device=None) -> Ranking:
+    """Rank all items for ``users`` (masked items excluded) once; keep the top ``k``."""
+    users = np.unique(np.asarray(users, dtype=np.int64))
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    try:
+        if reps is None:
+            reps = model.representations()
+        tops = [top for _, _, top in rank_topk(lambda u: model.score(u, reps), users, data.n_items,
+                                               mask, k, chunk_size, device)]
+    finally:
+        model.train(was_training)
+    top = torch.cat(tops) if tops else torch.empty((0, k), dtype=torch.long, device=device)
+    return Ranking(users, top, id(mask))
+
+
+def heldout_users(data: Dataset, splits=("valid", "test")) -> np.ndarray:
+    return np.unique(np.concatenate([np.flatnonzero(np.diff(data.split(s).indptr) > 0) for s in splits]))
+
+
 @torch.no_grad()
 def evaluate(model, data: Dataset, split: str = "test", topk=DEFAULT_TOPK, *,
              mask_valid_at_test: bool = False, item_subset=None, users=None, reps=None,
-             chunk_size: int = 4096, metrics=METRICS, extra_metrics=(), keep_topk: bool = False,
-             device=None) -> EvalResult:
+             ranking: Ranking | None = None, chunk_size: int = 4096, metrics=METRICS,
+             extra_metrics=(), keep_topk: bool = False, device=None) -> EvalResult:
     """Evaluate ``model`` on ``split`` by full ranking over all items.
 
     Args:
@@ -87,6 +127,8 @@ def evaluate(model, data: Dataset, split: str = "test", topk=DEFAULT_TOPK, *,
             (hits and n_u), and users with none are skipped. Used for long-tail and cold items.
         users: optional subset of user ids to evaluate (default: every user with a held-out row).
         reps: precomputed ``model.representations()`` (computed once here otherwise).
+        ranking: a :class:`Ranking` computed under the same mask (e.g. shared by the validation
+            and test passes, whose masks are equal by default); recomputed when it does not fit.
         keep_topk: keep the (n_eval, K_max) ranked lists in the result.
     """
     target = data.split(split)
@@ -96,35 +138,34 @@ def evaluate(model, data: Dataset, split: str = "test", topk=DEFAULT_TOPK, *,
         target = (target @ sp.diags(keep)).tocsr()
         target.eliminate_zeros()
     n_pos_all = np.diff(target.indptr)
-    eval_users = np.flatnonzero(n_pos_all > 0) if users is None else np.asarray(users, dtype=np.int64)
+    eval_users = np.flatnonzero(n_pos_all > 0) if users is None else np.unique(np.asarray(users, dtype=np.int64))
     eval_users = eval_users[n_pos_all[eval_users] > 0]
     topk = sorted(set(int(k) for k in topk))
     k_max = max(topk)
-    if device is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
-    try:
-        if reps is None:
-            reps = model.representations()
-        per_user: dict[str, list] = {}
-        tops = []
-        mask = mask_matrix(data, split, mask_valid_at_test)
-        for start, stop, top in rank_topk(lambda u: model.score(u, reps), eval_users, data.n_items,
-                                          mask, k_max, chunk_size, device):
-            rows = eval_users[start:stop]
-            hits = _hits(target, rows, top, data.n_items)
-            n_pos = torch.as_tensor(n_pos_all[rows], device=top.device)
-            for key, v in per_user_metrics(hits, n_pos, topk, metrics, extra_metrics).items():
-                per_user.setdefault(key, []).append(v.cpu().numpy())
-            if keep_topk:
-                tops.append(top.cpu().numpy())
-    finally:
-        model.train(was_training)
+    mask = mask_matrix(data, split, mask_valid_at_test)
+    top_all = None
+    if ranking is not None and ranking.mask_id == id(mask) and ranking.top.shape[1] >= k_max:
+        top_all = ranking.rows_of(eval_users)
+    if top_all is None:
+        top_all = rank_users(model, data, eval_users, k_max, mask, reps=reps,
+                             chunk_size=chunk_size, device=device).top
+    top_all = top_all[:, :k_max]
+    per_user: dict[str, list] = {}
+    for start in range(0, len(eval_users), chunk_size):
+        rows = eval_users[start:start + chunk_size]
+        top = top_all[start:start + chunk_size]
+        hits = _hits(target, rows, top, data.n_items)
+        n_pos = torch.as_tensor(n_pos_all[rows], device=top.device)
+        for key, v in per_user_metrics(hits, n_pos, topk, metrics, extra_metrics).items():
+            per_user.setdefault(key, []).append(v.cpu().numpy())
+    if not per_user:  # no user to evaluate: every metric is present, with no values
+        empty = top_all.new_zeros((0, k_max), dtype=torch.bool)
+        per_user = {k: [v.cpu().numpy()] for k, v in per_user_metrics(
+            empty, empty.new_zeros(0, dtype=torch.long), topk, metrics, extra_metrics).items()}
     per_user_arr = {k: np.concatenate(v) for k, v in per_user.items()}
     means = {k: float(v.mean()) if len(v) else 0.0 for k, v in per_user_arr.items()}
     return EvalResult(means, eval_users, per_user_arr,
-                      np.concatenate(tops) if keep_topk and tops else None)
+                      top_all.cpu().numpy() if keep_topk else None)
 
 
 # ------------------------------------------------------------------ reports by group

@@ -29,7 +29,9 @@ from tqdm.auto import tqdm
 
 from ..config import dump_yaml, model_kwargs, resolve_config
 from ..data import Dataset
-from ..evaluation import evaluate, items_with_train_degree, user_group_report
+from ..evaluation import (Ranking, evaluate, heldout_users, items_with_train_degree, rank_users,
+                          user_group_report)
+from ..evaluation.ranking import mask_matrix
 from ..graphs import GraphCache
 from ..graphs.cache import default_cache_dir
 from ..io import atomic_torch_save, atomic_write_json, atomic_write_text
@@ -206,10 +208,13 @@ def fit(data: Dataset, model: str | None = None, overrides: dict | None = None, 
         msg = f"epoch {epoch:4d} | loss {total_loss:.4f} | train {train_seconds:.2f}s"
         if (epoch + 1) % cfg["eval_step"] == 0:
             t1 = time.perf_counter()
-            valid = evaluate(net, data, "valid", **eval_kw).metrics
+            # one ranking serves both passes (their masks are equal unless mask_valid_at_test)
+            ranking = rank_users(net, data, heldout_users(data), max(cfg["topk"]), data.train,
+                                 chunk_size=cfg["eval_batch_size"], device=dev)
+            valid = evaluate(net, data, "valid", ranking=ranking, **eval_kw).metrics
             improved = stopper.update(valid)
             if improved:
-                test = evaluate(net, data, "test", **eval_kw).metrics
+                test = evaluate(net, data, "test", ranking=ranking, **eval_kw).metrics
                 best = {"epoch": epoch, "valid": valid, "test": test}
                 best_state = copy.deepcopy(net.state_dict())
                 if run is not None:
@@ -258,18 +263,19 @@ def fit(data: Dataset, model: str | None = None, overrides: dict | None = None, 
 
 def final_report(net, data: Dataset, cfg: dict) -> dict:
     """Test pass of the best weights with per-group breakdowns and the ranked lists."""
-    res = evaluate(net, data, "test", topk=cfg["topk"], mask_valid_at_test=cfg["mask_valid_at_test"],
-                   chunk_size=cfg["eval_batch_size"], keep_topk=True)
+    kw = dict(topk=cfg["topk"], mask_valid_at_test=cfg["mask_valid_at_test"],
+              chunk_size=cfg["eval_batch_size"])
+    res = evaluate(net, data, "test", keep_topk=True, **kw)
+    ranking = Ranking(res.users, torch.as_tensor(res.topk),
+                      id(mask_matrix(data, "test", cfg["mask_valid_at_test"])))
     summary: dict[str, Any] = {"test_user_groups": user_group_report(res, data)}
     sparse_items = items_with_train_degree(data, 1, 2)
     if len(sparse_items):
-        r = evaluate(net, data, "test", topk=cfg["topk"], item_subset=sparse_items,
-                     mask_valid_at_test=cfg["mask_valid_at_test"], chunk_size=cfg["eval_batch_size"])
+        r = evaluate(net, data, "test", item_subset=sparse_items, ranking=ranking, **kw)
         summary["test_items_1_2_train"] = {"users": int(len(r.users)), **r.metrics}
     cold = getattr(data, "cold_items", None)
     if cold is not None and len(cold):
-        r = evaluate(net, data, "test", topk=cfg["topk"], item_subset=cold,
-                     mask_valid_at_test=cfg["mask_valid_at_test"], chunk_size=cfg["eval_batch_size"])
+        r = evaluate(net, data, "test", item_subset=cold, ranking=ranking, **kw)
         summary["test_cold_items"] = {"users": int(len(r.users)), "items": int(len(cold)), **r.metrics}
     return {"summary": summary, "test_result": res}
 
