@@ -18,12 +18,7 @@ def _load_data(spec: str | None, with_features: bool = True):
     from .data.synthetic import make_synthetic
     if spec in (None, "", "synthetic"):
         return make_synthetic()
-    data = load_dataset(spec, with_features=with_features)
-    cold = pathlib.Path(spec) / "cold_items.txt"
-    if cold.exists():
-        import numpy as np
-        data.cold_items = np.loadtxt(cold, dtype=np.int64, ndmin=1)
-    return data
+    return load_dataset(spec, with_features=with_features)
 
 
 def _fail(msg: str):

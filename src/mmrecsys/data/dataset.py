@@ -47,6 +47,8 @@ class Dataset:
     test: sp.csr_matrix
     features: dict[str, np.ndarray] = field(default_factory=dict)
     path: pathlib.Path | None = None
+    #: items of an item cold-start split (``cold_items.txt`` beside the .inter file), if any
+    cold_items: np.ndarray | None = None
 
     # ------------------------------------------------------------------ builders
     @classmethod
@@ -262,8 +264,15 @@ def load_dataset(directory, *, with_features: bool = True) -> Dataset:
         raise DataError(f"{inter}: the training split is empty (no row has x_label 0). Label the "
                         f"training interactions 0, validation 1 and test 2.")
     feats = load_features(directory, n_items) if with_features else {}
-    return Dataset.from_arrays(users, items, labels, n_users, n_items, feats,
+    data = Dataset.from_arrays(users, items, labels, n_users, n_items, feats,
                                name=inter.stem, path=directory)
+    cold = directory / "cold_items.txt"
+    if cold.exists():
+        data.cold_items = np.loadtxt(cold, dtype=np.int64, ndmin=1)
+        if len(data.cold_items) and (data.cold_items.min() < 0 or data.cold_items.max() >= n_items):
+            raise DataError(f"{cold}: item ids must lie in 0..{n_items - 1}; regenerate it with "
+                            f"`mmrecsys data cold-split`.")
+    return data
 
 
 def write_dataset(directory, users, items, labels, features=None, name=None) -> pathlib.Path:
