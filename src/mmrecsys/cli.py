@@ -133,26 +133,37 @@ def _load_run(run_dir, data, device):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def recommend(run_dir, users, k, data, device, as_json):
     """Top-k items for users (training items excluded) from a run's best weights."""
-    import numpy as np
-    import torch
-    from .evaluation.ranking import rank_topk
-    model, cfg, ds = _load_run(run_dir, data, device)
-    u = np.array(users, dtype=np.int64)
-    bad = u[(u < 0) | (u >= ds.n_users)]
-    if len(bad):
-        _fail(f"user id {bad[0]} out of range: this dataset has users 0..{ds.n_users - 1}")
-    with torch.no_grad():
-        reps = model.representations()
-        out = {}
-        for s, e, top in rank_topk(lambda x: model.score(x, reps), u, ds.n_items, ds.train, k,
-                                   device=next(model.parameters()).device):
-            for uid, row in zip(u[s:e], top.cpu().numpy()):
-                out[int(uid)] = [int(i) for i in row]
+    from .serving.app import Recommender as RunRecommender
+    model, _, ds = _load_run(run_dir, data, device)
+    rec = RunRecommender(model, ds, run_dir)
+    try:
+        out = rec.recommend(users, k)
+    except ValueError as e:
+        _fail(str(e))
     if as_json:
-        click.echo(json.dumps(out))
+        click.echo(json.dumps({u: [r["item"] for r in rows] for u, rows in out.items()}))
     else:
-        for uid, items in out.items():
-            click.echo(f"{uid}\t" + " ".join(map(str, items)))
+        for uid, rows in out.items():
+            click.echo(f"{uid}\t" + " ".join(str(r["item"]) for r in rows))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--data", "-d", default=None, help="Dataset folder (default: the run's).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def serve(run_dir, data, host, port, device):
+    """Serve top-K recommendations of a run over HTTP (FastAPI; docs at /docs)."""
+    try:
+        import uvicorn
+        from .serving.app import Recommender as RunRecommender, create_app
+    except ImportError:
+        _fail("serving needs FastAPI and uvicorn: pip install 'mmrecsys[serve]'")
+    model, _, ds = _load_run(run_dir, data, device)
+    app = create_app(RunRecommender(model, ds, run_dir))
+    click.echo(f"serving {run_dir} on http://{host}:{port} (docs at /docs)")
+    uvicorn.run(app, host=host, port=port, log_level="info")
 
 
 @main.command()

@@ -153,6 +153,12 @@ def resolve_config(model_cls, dataset_name: str, file_cfg: dict | None = None,
     for k, choices in CHOICES.items():
         if cfg[k] not in choices:
             raise ConfigError(f"{k}={cfg[k]!r}: choose one of {', '.join(choices)}")
+    for m in cfg["valid_metrics"]:
+        name, _, k = str(m).partition("@")
+        if not k.isdigit() or int(k) not in cfg["topk"] or name not in (
+                "recall", "ndcg", "precision", "map", *cfg["extra_metrics"]):
+            raise ConfigError(f"valid_metrics entry {m!r} is not computed: it must be "
+                              f"<metric>@<k> with k in topk={cfg['topk']} (e.g. recall@20)")
     for k in ("epochs", "batch_size", "eval_step", "eval_batch_size"):
         if cfg[k] < 1:
             raise ConfigError(f"{k}={cfg[k]}: must be at least 1")

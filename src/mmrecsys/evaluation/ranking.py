@@ -62,8 +62,8 @@ def mask_matrix(data: Dataset, split: str, mask_valid_at_test: bool = False) -> 
 
 @torch.no_grad()
 def rank_topk(score_fn, users: np.ndarray, n_items: int, mask: sp.csr_matrix, k: int,
-              chunk_size: int = 4096, device="cpu"):
-    """Yield (start, stop, topk (B, k) tensor, block_scores) for consecutive user blocks."""
+              chunk_size: int = 4096, device="cpu", with_scores: bool = False):
+    """Yield (start, stop, top (B, k) item ids[, their scores]) for consecutive user blocks."""
     for start in range(0, len(users), chunk_size):
         rows = users[start:start + chunk_size]
         u = torch.as_tensor(rows, dtype=torch.long, device=device)
@@ -71,8 +71,11 @@ def rank_topk(score_fn, users: np.ndarray, n_items: int, mask: sp.csr_matrix, k:
         r, c = _block_rows(mask, rows)
         if len(r):
             scores[torch.as_tensor(r, device=scores.device), torch.as_tensor(c, dtype=torch.long, device=scores.device)] = -torch.inf
-        top = torch.topk(scores, min(k, n_items), dim=1).indices
-        yield start, start + len(rows), top
+        best = torch.topk(scores, min(k, n_items), dim=1)
+        if with_scores:
+            yield start, start + len(rows), best.indices, best.values
+        else:
+            yield start, start + len(rows), best.indices
 
 
 @dataclass
