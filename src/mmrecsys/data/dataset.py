@@ -231,26 +231,34 @@ def clean_interactions(users, items, labels, source="interactions"):
     return users, items, labels
 
 
+def read_feature_file(path, n_items: int) -> np.ndarray:
+    """Load one modality file and validate it: 2-d, one row per item, finite values."""
+    f = pathlib.Path(path)
+    try:
+        x = np.load(f, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 (any unreadable file)
+        raise DataError(f"{f}: cannot be read as a .npy array ({e}). Re-save it with numpy.save "
+                        f"as a 2-d float array.") from None
+    if x.ndim != 2:
+        raise DataError(f"{f}: expected a 2-d array (one row per item), got shape {x.shape}.")
+    if x.shape[0] != n_items:
+        raise DataError(f"{f}: has {x.shape[0]} rows but the dataset has {n_items} items "
+                        f"(max itemID + 1). Row i must hold the features of item i: add the "
+                        f"missing rows or remove the extra ones.")
+    x = np.asarray(x, dtype=np.float32)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise DataError(f"{f}: row {r} (item {r}), column {c} is {x[r, c]}; {int(bad.any(1).sum())} "
+                        f"rows hold NaN or infinite values. Replace them (e.g. by the mean "
+                        f"feature vector, as MMRec does for missing images).")
+    return x
+
+
 def load_features(directory: pathlib.Path, n_items: int) -> dict[str, np.ndarray]:
     """Every ``*.npy`` beside the .inter file whose name ends in ``_feat`` is a modality."""
-    feats = {}
-    for f in sorted(pathlib.Path(directory).glob("*_feat.npy")):
-        x = np.load(f, allow_pickle=False)
-        if x.ndim != 2:
-            raise DataError(f"{f}: expected a 2-d array (one row per item), got shape {x.shape}.")
-        if x.shape[0] != n_items:
-            raise DataError(f"{f}: has {x.shape[0]} rows but the dataset has {n_items} items "
-                            f"(max itemID + 1). Row i must hold the features of item i: add the "
-                            f"missing rows or remove the extra ones.")
-        x = np.asarray(x, dtype=np.float32)
-        bad = ~np.isfinite(x)
-        if bad.any():
-            r, c = np.argwhere(bad)[0]
-            raise DataError(f"{f}: row {r} (item {r}), column {c} is {x[r, c]}; {int(bad.any(1).sum())} "
-                            f"rows hold NaN or infinite values. Replace them (e.g. by the mean "
-                            f"feature vector, as MMRec does for missing images).")
-        feats[f.name[:-len(".npy")]] = x
-    return feats
+    return {f.name[:-len(".npy")]: read_feature_file(f, n_items)
+            for f in sorted(pathlib.Path(directory).glob("*_feat.npy"))}
 
 
 def load_dataset(directory, *, with_features: bool = True) -> Dataset:
