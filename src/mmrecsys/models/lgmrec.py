@@ -125,45 +125,54 @@ def _spmm(m, m_t, x):
 
 
 # ----------------------------------------------------------------------------- HCL helper
-class _LogSumExpMatmul(torch.autograd.Function):
-    """lse_r = log Σ_k exp(a_r · b_k), chunked over rows of ``a``: never holds the full matrix.
+class _WeightedLogSumExpMatmul(torch.autograd.Function):
+    """Σ_r w_r · log Σ_k exp(a_r · b_k), in row chunks; never holds the full (n_a, n_b) matrix.
 
-    Backward recomputes each chunk: with P = softmax(a bᵀ) row-wise and g the incoming grad,
-    ∂/∂a = (g ∘ P) b and ∂/∂b = (g ∘ P)ᵀ a.
+    The output is a scalar, so its gradient is a scalar multiple of the gradient at 1, which is
+    accumulated during the forward sweep while each block is in cache (no recomputation):
+    with P = softmax(a bᵀ) row-wise, ∂/∂a = diag(w) P b and ∂/∂b = Pᵀ diag(w) a.
+    ``bound`` ≥ max |a_r · b_k| (|cosine/τ| ≤ 1/τ) is the shift that keeps exp in range, folded
+    into the product as an extra column; ``bound=None`` shifts each row by its maximum.
     """
 
     @staticmethod
-    def forward(ctx, a, b, chunk_elems):
+    def forward(ctx, a, b, w, bound, chunk_elems):
         rows = max(1, int(chunk_elems) // max(1, b.shape[0]))
-        out = torch.empty(a.shape[0], dtype=a.dtype, device=a.device)
+        want_grad = any(ctx.needs_input_grad[:2])
+        b1 = torch.cat([b, torch.ones_like(b[:, :1])], 1)                   # (n_b, k+1)
+        a1 = torch.cat([a, torch.full_like(a[:, :1], -(bound or 0.0))], 1)  # (n_a, k+1)
+        b_t = b.T.contiguous()                                               # (k, n_b)
+        a_t = a.T.contiguous()                                               # (k, n_a)
+        lse = torch.empty(a.shape[0], dtype=a.dtype, device=a.device)
+        grad_a_t = torch.empty_like(a_t) if want_grad else None
+        grad_b_t = torch.zeros_like(b_t) if want_grad else None
         for s in range(0, a.shape[0], rows):
-            blk = a[s:s + rows] @ b.T
-            mx = blk.amax(1, keepdim=True)
-            blk.sub_(mx).exp_()
-            out[s:s + rows] = mx.squeeze(1) + blk.sum(1).log()
-        ctx.save_for_backward(a, b, out)
-        ctx.rows = rows
-        return out
+            blk = a1[s:s + rows] @ b1.T                                      # a·b − bound
+            if bound is None:
+                shift = blk.amax(1)
+                blk.sub_(shift[:, None])
+            else:
+                shift = bound
+            blk.exp_()
+            sums = blk.sum(1)
+            lse[s:s + rows] = sums.log() + shift
+            if want_grad:  # skinny products in their wide (transposed) form: faster on CPU BLAS
+                coef = w[s:s + rows] / sums                                  # w_r / Σ_k exp(·)
+                grad_a_t[:, s:s + rows] = (b_t @ blk.T).mul_(coef)
+                grad_b_t.addmm_(a_t[:, s:s + rows] * coef, blk)
+        if want_grad:
+            ctx.save_for_backward(grad_a_t, grad_b_t)
+        return (w * lse).sum()
 
     @staticmethod
     def backward(ctx, grad):
-        a, b, lse = ctx.saved_tensors
-        rows = ctx.rows
-        grad_a = torch.empty_like(a) if ctx.needs_input_grad[0] else None
-        grad_b = torch.zeros_like(b) if ctx.needs_input_grad[1] else None
-        for s in range(0, a.shape[0], rows):
-            blk = a[s:s + rows] @ b.T
-            blk.sub_(lse[s:s + rows, None]).exp_().mul_(grad[s:s + rows, None])
-            if grad_a is not None:
-                grad_a[s:s + rows] = blk @ b
-            if grad_b is not None:
-                grad_b.addmm_(blk.T, a[s:s + rows])
-        return grad_a, grad_b, None
+        grad_a_t, grad_b_t = ctx.saved_tensors
+        return grad_a_t.T * grad, grad_b_t.T * grad, None, None, None
 
 
 def hcl_term(anchor_all: torch.Tensor, cand_all: torch.Tensor, rows: torch.Tensor, tau: float,
              cand_factors: tuple[torch.Tensor, torch.Tensor] | None = None,
-             chunk_elems: int = 1 << 21) -> torch.Tensor:
+             chunk_elems: int = 1 << 19) -> torch.Tensor:
     """ℓ(P, Q, Q_all) of spec §4 with P = anchor_all[rows], Q = cand_all[rows], Q_all = cand_all.
 
     Σ_b [ logsumexp_k(c(P_b, Q_all,k)/τ) − c(P_b, Q_b)/τ ], c the cosine similarity. Rows that
@@ -181,8 +190,10 @@ def hcl_term(anchor_all: torch.Tensor, cand_all: torch.Tensor, rows: torch.Tenso
         left, right = (p / tau) @ z.T, h / norm             # (n, A), (n_all, A)
     else:
         left, right = p / tau, F.normalize(cand_all, dim=1, eps=_EPS_NORM)
-    lse = _LogSumExpMatmul.apply(left, right, chunk_elems)
-    return (counts.to(lse.dtype) * (lse - pos)).sum()
+    bound = 1.0 / tau  # |cosine| ≤ 1; for a tiny τ (exp(−2/τ) may underflow) shift by row maxima
+    bound = bound if 2.0 * bound < 80.0 else None
+    w = counts.to(pos.dtype)
+    return _WeightedLogSumExpMatmul.apply(left, right, w, bound, chunk_elems) - (w * pos).sum()
 
 
 # ----------------------------------------------------------------------------- the model
@@ -332,22 +343,18 @@ class LGMRec(Recommender):
         return F.gumbel_softmax(logits, tau=self.tau, hard=False, dim=1)
 
     def local_propagation(self, ego: torch.Tensor, modal: list[torch.Tensor]):
-        """E_c = mean_{l≤L_c} Â^l E⁰ (or E⁰ for mf) and F^m = Â^{L_m} F^m_0, sharing Â products."""
-        d = self.embedding_size
+        """E_c = mean_{l≤L_c} Â^l E⁰ (E⁰ for mf) and F^m = Â^{L_m} F^m_0 (one SpMM per block)."""
         lc = self.n_ui_layers if self.cf_model == "lightgcn" else 0
-        lm = self.n_mm_layers
-        acc = ego
-        h_ego, h_mod = ego, torch.cat(modal, 1) if modal else None
-        for layer in range(1, max(lc, lm) + 1):
-            parts = ([h_ego] if layer <= lc else []) + ([h_mod] if layer <= lm and h_mod is not None else [])
-            h = _spmm(self.norm_adj, self.norm_adj, torch.cat(parts, 1) if len(parts) > 1 else parts[0])
-            if layer <= lc:
-                h_ego, h = h[:, :d], h[:, d:]
-                acc = acc + h_ego
-            if layer <= lm and h_mod is not None:
-                h_mod = h
-        e_c = acc / (lc + 1)
-        feats = list(h_mod.split(d, 1)) if h_mod is not None else []
+        h, acc = ego, ego
+        for _ in range(lc):
+            h = _spmm(self.norm_adj, self.norm_adj, h)
+            acc = acc + h
+        e_c = acc / (lc + 1) if lc else ego
+        feats = []
+        for f in modal:
+            for _ in range(self.n_mm_layers):
+                f = _spmm(self.norm_adj, self.norm_adj, f)
+            feats.append(f)
         return e_c, feats
 
     def hypergraph(self, h_item: torch.Tensor, h_user: torch.Tensor, g_item0: torch.Tensor):
@@ -358,8 +365,12 @@ class LGMRec(Recommender):
             g_item = h_item @ z            # (I, d)
         return h_user @ z, g_item, z
 
-    def forward(self):
-        """Full-graph pass: (E* (N, d), per-modality list of (H̄_u, H̄_i, Z, G_u, G_i))."""
+    def forward(self, users: torch.Tensor | None = None, items: torch.Tensor | None = None):
+        """Full-graph pass; the fused E* (§5) only for the requested rows (default: all).
+
+        Returns (E*_u[users] (·, d), E*_i[items] (·, d), per-modality (H̄_u, H̄_i, Z, G_u, G_i)).
+        The fusion is row-wise, so fusing only the rows a batch reads is exact.
+        """
         ego = torch.cat([self.user_embedding, self.item_embedding], 0)
         inputs = self.modal_inputs()
         # dependency matrices: Gumbel draws in the official order (iv, uv, it, ut)
@@ -371,21 +382,25 @@ class LGMRec(Recommender):
             deps[1][1] = inputs[1][2]
         e_c, modal = self.local_propagation(ego, [f0 for f0, _, _ in inputs])
         p_drop = 1.0 - self.keep_rate
-        global_parts = []
-        e_glob = None
+        parts = []
         item_c = e_c[self.n_users:]
         for h_item, h_user in deps:  # dropout masks in the official order (iv, uv, it, ut)
             h_item = F.dropout(h_item, p_drop, self.training)
             h_user = F.dropout(h_user, p_drop, self.training)
             g_user, g_item, z = self.hypergraph(h_item, h_user, item_c)
-            global_parts.append((h_user, h_item, z, g_user, g_item))
-            g = torch.cat([g_user, g_item], 0)
-            e_glob = g if e_glob is None else e_glob + g
-        out = e_c
-        for f in modal:
-            out = out + F.normalize(f, dim=1, eps=_EPS_NORM)
-        out = out + self.alpha * F.normalize(e_glob, dim=1, eps=_EPS_NORM)
-        return out, global_parts
+            parts.append((h_user, h_item, z, g_user, g_item))
+
+        def fuse(rows, nodes: slice, which: int):
+            pick = (lambda t: t) if rows is None else (lambda t: t[rows])
+            out = pick(e_c[nodes])
+            for f in modal:
+                out = out + F.normalize(pick(f[nodes]), dim=1, eps=_EPS_NORM)
+            glob = pick(parts[0][which])
+            for p in parts[1:]:
+                glob = glob + pick(p[which])
+            return out + self.alpha * F.normalize(glob, dim=1, eps=_EPS_NORM)
+
+        return fuse(users, slice(0, self.n_users), 3), fuse(items, slice(self.n_users, None), 4), parts
 
     # ------------------------------------------------------------------ trainer hooks
     def hcl_loss(self, global_parts, users, pos) -> torch.Tensor:
@@ -401,15 +416,13 @@ class LGMRec(Recommender):
         return total
 
     def loss(self, users, pos, neg):
-        out, global_parts = self.forward()
-        u = out[users]
-        i = out[self.n_users + pos]
-        j = out[self.n_users + neg]
+        u, items, global_parts = self.forward(users, torch.cat([pos, neg]))
+        i, j = items[: len(pos)], items[len(pos):]
         bpr = bpr_logsigmoid((u * i).sum(1), (u * j).sum(1))
         return {"bpr": bpr,
                 "hcl": self.cl_weight * self.hcl_loss(global_parts, users, pos),
                 "reg": self.reg_weight * emb_loss(u, i, j)}
 
     def representations(self):
-        out, _ = self.forward()
-        return out[: self.n_users], out[self.n_users:]
+        user_repr, item_repr, _ = self.forward()
+        return user_repr, item_repr
