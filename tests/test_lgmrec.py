@@ -172,8 +172,8 @@ def test_contrastive_factored_and_chunked_paths_match_direct(tau):
         val = hcl_term(anchor, cand, rows, tau, (h, z) if factors else None, chunk_elems=100)
         g = torch.autograd.grad(val, (h, z, anchor))
         torch.testing.assert_close(val, ref, rtol=1e-5, atol=1e-4)
-        for a, b in zip(g, g_ref):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        for a, b in zip(g, g_ref):  # gradients scale with 1/τ: float32 tolerance scaled too
+            torch.testing.assert_close(a, b, rtol=1e-4 * 0.2 / tau, atol=1e-5 * 0.2 / tau)
 
 
 # ---------------------------------------------------------------------------- full model
