@@ -1,0 +1,427 @@
+"""REARM: refined contrastive learning and homography relations.
+
+Ma, Zeng, Wu, Xu, "Refining Contrastive Learning and Homography Relations for Multi-Modal
+Recommendation", ACM MM 2025 (arXiv:2508.13745); official code MrShouxingMa/REARM (HEAD 6502a00).
+Implemented from ``spec/rearm.md`` (section numbers below); where paper and code differ, the
+code's behaviour is the default (§10).
+
+Notation: U users, I items, N = U + I, d = ``embedding_dim``, modalities m = 1..M in the order of
+``data.features`` (MMRec data: image_feat = v, text_feat = t), R the binary (U, I) training
+matrix, ℓ2(x) = x / max(‖x‖₂, 1e-12) row-wise, ρ ONE shared PReLU (slope init 0.25), LN ONE
+shared LayerNorm(d), sg = stop-gradient.
+
+Homographs (§2, built once from TRAIN data and raw features, see graphs/cooccurrence.py)::
+
+    G^I = α_i Ĉ^I + (1 − α_i) (β_i S_k^{I,v} + (1 − β_i) S_k^{I,t}) / k_i
+    G^U = α_u Ĉ^U + (1 − α_u) (β_u S_k^{U,v} + (1 − β_u) S_k^{U,t}) / k_u
+    Â   = D^{-1/2} [[0, R], [Rᵀ, 0]] D^{-1/2}
+
+Forward over all N nodes (§3–§5)::
+
+    X_m = V′_m W_im + b,  Y_m = P_m W_um + b       (V′, P trainable, init raw / user-mean features)
+    [Ẽ_I ‖ H_1 ‖ … ‖ H_M] = ℓ2((G^I)^{L_ii} [E_I ‖ X_1 ‖ … ‖ X_M])   (last hop, ONE joint norm)
+    [Ẽ_U ‖ Q_1 ‖ … ‖ Q_M] = ℓ2((G^U)^{L_uu} [E_U ‖ Y_1 ‖ … ‖ Y_M])
+    A_m = ρ(LN(H_m + Att_s,m(q=H_m, c=H_m)))                      (items only)
+    C_v = ρ(LN(A_v + Att_c,v(q=A_t, c=A_v))),  C_t = ρ(LN(A_t + Att_c,t(q=A_v, c=A_t)))
+    B_m = ρ(Q_m)                                                  (users: no attention)
+    [E ‖ F] = (1/(L+1)) Σ_{l=0..L} Â^l [[Ẽ_U ‖ B]; [Ẽ_I ‖ C]]       (ID and modal channels)
+    K = sg(F Φᵀ + φ)                      (per node type; Φ random, never trained)
+    Ω1 = ℓ2(g1(K)) → (n, d, r),  Ω2 = ℓ2(g2(K)) → (n, r, d),  g(x) = W₂ PReLU(W₁ x + b₁) + b₂
+    M1 = softmax_d(Ω1 + mean_n Ω1),  M2 = softmax_r(Ω2 + mean_n Ω2)
+    S_n = (E_nᵀ M1_n) M2_n
+    O = [ρ(F_1) + E ‖ … ‖ ρ(F_M) + E ‖ ρ(S) + E],   ŷ(u, i) = ⟨O_u, O_{U+i}⟩
+
+Att(q, c) reads each d-vector as d tokens of width 1 (one head, embed_dim 1, scale 1):
+π_ab = softmax_b((w_q q_a + b_q)(w_k c_b + b_k)), dropout on π in training (p = 1 gives 0),
+out_a = w_o Σ_b π_ab (w_v c_b + b_v) + b_o — torch MultiheadAttention(1, 1) on x.unsqueeze(-1).
+
+Losses (§5–§6), batch of B triples (u, i⁺, i⁻)::
+
+    L_bpr  = −mean log σ(ŷ(u, i⁺) − ŷ(u, i⁻))
+    nce(B) = −(1/|B|) Σ_{a∈B} log softmax_b(ℓ2(F_v)_a · ℓ2(F_t)_b / τ)_a     (B unique nodes)
+    L_cl   = λ_cl (nce(uniq(i⁺ ∪ i⁻)) + nce(uniq(u)))
+    ort(B′) = mean_{64×64} ((X̃_vᵀ X̃_t)²),  X̃ = centred X / (sg‖row‖ + 1e-6)
+    L_diff = λ_ort (ort(i⁺) + ort(u))
+    L = L_bpr + L_cl + L_diff;  L2 = AdamW decoupled weight decay (the code's ``reg_weight``
+    is the trainer's ``weight_decay``).
+
+More than two modalities (an extension; the spec has v and t): cross-attention queries the
+next modality cyclically (C_m: q = A_{m+1 mod M}, c = A_m, which is the spec for M = 2), the
+InfoNCE and orthogonal terms sum over consecutive pairs (m, m+1), and the graph weight β goes
+to the first modality with (1 − β) shared equally by the others. With one modality there is no
+cross-attention and L_cl = L_diff = 0.
+
+Exact reformulations: E⁰ and F⁰ are propagated as one (M+1)·d-wide matrix (propagation is
+column-wise); homographs and Â are CSR operators with their transpose for the backward pass;
+the representations of an evaluation pass are computed once (the code recomputes them per
+8192-user chunk: identical in eval mode).
+
+Compatibility options (off by default because they let held-out data influence training):
+``user_popularity_heldout`` (the fallback user popularity of §2.2 case C counts valid and test
+interactions, as the code does; never triggers on Baby/Sports/Clothing) and the trainer's
+``neg_exclude_heldout`` (negatives avoid valid/test items, as the code does).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..graphs import SparseGraph, bipartite_adjacency, sym_normalize
+from ..graphs.cooccurrence import rearm_homographs, user_interest_features
+from .base import Recommender
+
+_EPS_NORM = 1e-12
+
+
+def dropout_keep_mask(shape, keep: float, device) -> torch.Tensor:
+    """Boolean mask, each entry True with probability ``keep`` (to within 1.5e-5).
+
+    Random int16 words are cut from int64 draws (4 words each; the top word of an int64 draw
+    lies in [0, 2^15), so it gets its own threshold): about 3× faster than ``torch.bernoulli``.
+    """
+    if keep >= 1:
+        return torch.ones(shape, dtype=torch.bool, device=device)
+    n = math.prod(shape)
+    n4 = -(-n // 4)
+    words = torch.empty(n4, dtype=torch.int64, device=device).random_().view(torch.int16).view(n4, 4)
+    t_full = int(round(keep * 65536)) - 32768
+    t_half = int(round(keep * 32768))
+    thr = torch.tensor([t_full, t_full, t_full, t_half], dtype=torch.int16, device=device)
+    return (words < thr).view(-1)[:n].view(shape)
+
+
+class _ScalarAttentionCore(torch.autograd.Function):
+    """o_a = Σ_b Dropout_p(softmax_b(q_a k_b))_ab v_b for every row, in row chunks.
+
+    The (rows, d, d) attention maps live one chunk at a time (cache-resident); backward
+    recomputes them and needs only batched matrix–vector products, with P the softmax,
+    Pm = P ∘ mask / (1 − p) and s = g ∘ o:
+    dq = g ∘ Pm (v ∘ k) − s ∘ P k,  dk = v ∘ Pmᵀ (g ∘ q) − Pᵀ (s ∘ q),  dv = Pmᵀ g.
+    Only the dropout masks (booleans) are kept between forward and backward.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, p, training, chunk):
+        n = q.shape[0]
+        out = torch.empty_like(q)
+        drop = bool(training) and p > 0
+        keep = 1.0 - p
+        masks = []
+        for s in range(0, n, chunk):
+            e = min(s + chunk, n)
+            pi = torch.softmax(q[s:e, :, None] * k[s:e, None, :], dim=2)
+            if drop:
+                if keep <= 0:
+                    pi.zero_()
+                    masks.append(None)
+                else:
+                    m = dropout_keep_mask(pi.shape, keep, q.device)
+                    pi.mul_(m).mul_(1.0 / keep)
+                    masks.append(m)
+            out[s:e] = torch.bmm(pi, v[s:e, :, None])[:, :, 0]
+        ctx.save_for_backward(q, k, v)
+        ctx.masks, ctx.drop, ctx.keep, ctx.chunk = masks, drop, keep, chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        q, k, v = ctx.saved_tensors
+        g = g.contiguous()
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        for j, s in enumerate(range(0, q.shape[0], ctx.chunk)):
+            e = min(s + ctx.chunk, q.shape[0])
+            qs, ks, vs, gs = q[s:e], k[s:e], v[s:e], g[s:e]
+            pi = torch.softmax(qs[:, :, None] * ks[:, None, :], dim=2)
+            if not ctx.drop:
+                pm = pi
+            elif ctx.keep <= 0:
+                pm = torch.zeros_like(pi)
+            else:
+                pm = pi * ctx.masks[j] * (1.0 / ctx.keep)
+            a = torch.bmm(pm, torch.stack([vs, vs * ks], 2))              # o, Pm (v∘k)
+            sv = gs * a[:, :, 0]
+            pk = torch.bmm(pi, ks[:, :, None])[:, :, 0]
+            b = torch.bmm(pm.transpose(1, 2), torch.stack([gs, gs * qs], 2))   # Pmᵀ g, Pmᵀ (g∘q)
+            psq = torch.bmm(pi.transpose(1, 2), (sv * qs)[:, :, None])[:, :, 0]
+            dq[s:e] = gs * a[:, :, 1] - sv * pk
+            dk[s:e] = vs * b[:, :, 1] - psq
+            dv[s:e] = b[:, :, 0]
+        ctx.masks = None
+        return dq, dk, dv, None, None, None
+
+
+class ScalarAttention(nn.Module):
+    """One-head attention over the d coordinates of each row (token width 1), spec §3.2.
+
+    Equal to ``nn.MultiheadAttention(1, 1, dropout=p, batch_first=True)`` applied to
+    ``q.unsqueeze(-1)``, ``c.unsqueeze(-1)``: 8 scalar parameters. ``chunk_size`` rows are
+    processed at a time (the (rows, d, d) attention map is the memory cost).
+    """
+
+    def __init__(self, dropout: float = 0.0, chunk_size: int = 256):
+        super().__init__()
+        self.chunk_size = chunk_size
+        self.in_proj_weight = nn.Parameter(torch.empty(3, 1))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3))
+        self.out_weight = nn.Parameter(torch.empty(1))
+        self.out_bias = nn.Parameter(torch.zeros(1))
+        self.dropout = dropout
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        nn.init.xavier_uniform_(self.in_proj_weight)          # U(±√(6/4)) = U(±√1.5)
+        nn.init.zeros_(self.in_proj_bias)
+        nn.init.uniform_(self.out_weight, -1.0, 1.0)           # Linear(1, 1): U(±1/√1)
+        nn.init.zeros_(self.out_bias)
+
+    def forward(self, q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        w, b = self.in_proj_weight[:, 0], self.in_proj_bias
+        qq = w[0] * q + b[0]                                   # (n, d)
+        kk = w[1] * c + b[1]
+        vv = w[2] * c + b[2]
+        out = _ScalarAttentionCore.apply(qq, kk, vv, float(self.dropout), self.training,
+                                         self.chunk_size)    # (n, d)
+        return self.out_weight * out + self.out_bias
+
+    def extra_repr(self) -> str:
+        return f"dropout={self.dropout}"
+
+
+class LowRankGenerator(nn.Module):
+    """g(x) = ℓ2(W₂ PReLU(W₁ x + b₁) + b₂): d → d·r, own PReLU slope (init 0.25), spec §5.2."""
+
+    def __init__(self, d: int, rank: int):
+        super().__init__()
+        self.lin1 = nn.Linear(d, d * rank)
+        self.act = nn.PReLU(1, 0.25)
+        self.lin2 = nn.Linear(d * rank, d * rank)
+
+    def forward(self, x):
+        return F.normalize(self.lin2(self.act(self.lin1(x))), dim=1, eps=_EPS_NORM)
+
+
+def meta_transform(e: torch.Tensor, omega1: torch.Tensor, omega2: torch.Tensor) -> torch.Tensor:
+    """S_n = (E_nᵀ M1_n) M2_n with M1 = softmax_d(Ω1 + mean Ω1), M2 = softmax_r(Ω2 + mean Ω2).
+
+    e: (n, d); omega1: (n, d, r); omega2: (n, r, d). Population means over the n rows.
+    """
+    m1 = torch.softmax(omega1 + omega1.mean(0, keepdim=True), dim=1)
+    m2 = torch.softmax(omega2 + omega2.mean(0, keepdim=True), dim=1)
+    low = torch.bmm(e.unsqueeze(1), m1)                       # (n, 1, r)
+    return torch.bmm(low, m2).squeeze(1)                      # (n, d)
+
+
+def info_nce(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
+    """−mean_a log softmax_b(ℓ2(z1)_a·ℓ2(z2)_b / τ)_a (one direction, positives in denominators)."""
+    a = F.normalize(z1, dim=1, eps=_EPS_NORM)
+    b = F.normalize(z2, dim=1, eps=_EPS_NORM)
+    logits = a @ b.T / tau
+    return (torch.logsumexp(logits, dim=1) - logits.diagonal()).mean()
+
+
+def orthogonal_loss(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    """mean over the d×d entries of (X̃1ᵀ X̃2)², X̃ = centred X / (sg‖row‖₂ + 1e-6), spec §5.3."""
+    x1 = x1 - x1.mean(0, keepdim=True)
+    x2 = x2 - x2.mean(0, keepdim=True)
+    x1 = x1 / (x1.norm(dim=1, keepdim=True).detach() + 1e-6)
+    x2 = x2 / (x2.norm(dim=1, keepdim=True).detach() + 1e-6)
+    return (x1.T @ x2).pow(2).mean()
+
+
+class REARM(Recommender):
+    """REARM (refined contrastive learning + homography relations), code-faithful.
+
+    Args:
+        embedding_dim: d, ID embeddings and projected modal features (64).
+        num_layer: L, LightGCN layers on the user–item graph (mean of layers 0..L).
+        rank: r, rank of the meta-network's low-rank transformations.
+        s_drop: dropout on the self-attention maps (training only; 1.0 zeroes them).
+        m_drop: dropout on the cross-attention maps.
+        u_mm_image_weight: β_u, weight of the image kNN graph in the user similarity mix.
+        i_mm_image_weight: β_i, same for items (0 removes the image item graph).
+        uu_co_weight: α_u, weight of the user co-occurrence graph in G^U.
+        ii_co_weight: α_i, weight of the item co-occurrence graph in G^I.
+        user_knn_k: k_u, neighbours per user in the co-occurrence and kNN graphs.
+        item_knn_k: k_i, neighbours per item.
+        n_uu_layers: L_uu, hops on G^U (last hop only; 0 = none).
+        n_ii_layers: L_ii, hops on G^I.
+        cl_tmp: τ of the inter-modal InfoNCE.
+        cl_loss_weight: λ_cl.
+        diff_loss_weight: λ_ort, weight of the orthogonal constraint.
+        graph_seed: seed of the co-occurrence padding draws (case B of §2.2).
+        trainable_compressor: ablation (spec §10.3): no stop-gradient on K, so Φ is trained.
+        user_popularity_heldout: compatibility quirk (off): the fallback user popularity of
+            §2.2 case C counts valid and test interactions, as the official code does.
+
+    The code's ``reg_weight`` (5e-4) is AdamW's decoupled weight decay: the trainer's
+    ``weight_decay`` (train_defaults and presets).
+    """
+
+    name = "rearm"
+    requires_features = True
+    train_defaults = {
+        "optimizer": "adamw", "lr": 5e-5, "weight_decay": 5e-4, "batch_size": 2048,
+        "epochs": 2000, "seed": 2025, "patience": 20, "eval_step": 1,
+        "lr_scheduler": [1.0, 50], "valid_metrics": ["recall@20"], "topk": [10, 20],
+        "sampler": "interactions", "negatives_from": "all_items", "neg_exclude_heldout": False,
+        "eval_batch_size": 8192,
+    }
+    presets = {
+        "baby": {"num_layer": 4, "weight_decay": 5e-4, "rank": 3, "s_drop": 0.4, "m_drop": 0.6,
+                 "u_mm_image_weight": 0.2, "i_mm_image_weight": 0.0, "uu_co_weight": 0.4,
+                 "ii_co_weight": 0.2, "user_knn_k": 40, "item_knn_k": 10, "n_uu_layers": 1,
+                 "n_ii_layers": 1, "cl_tmp": 0.6, "cl_loss_weight": 5e-6,
+                 "diff_loss_weight": 5e-5},
+        "sports": {"num_layer": 5, "weight_decay": 0.05, "rank": 7, "s_drop": 1.0, "m_drop": 0.2,
+                   "u_mm_image_weight": 0.0, "i_mm_image_weight": 0.2, "uu_co_weight": 0.9,
+                   "ii_co_weight": 0.2, "user_knn_k": 25, "item_knn_k": 5, "n_uu_layers": 2,
+                   "n_ii_layers": 2, "cl_tmp": 1.5, "cl_loss_weight": 1e-3,
+                   "diff_loss_weight": 5e-4},
+        "clothing": {"num_layer": 4, "weight_decay": 1e-5, "rank": 3, "s_drop": 0.4,
+                     "m_drop": 0.1, "u_mm_image_weight": 0.1, "i_mm_image_weight": 0.1,
+                     "uu_co_weight": 0.7, "ii_co_weight": 0.1, "user_knn_k": 45,
+                     "item_knn_k": 10, "n_uu_layers": 1, "n_ii_layers": 1, "cl_tmp": 0.03,
+                     "cl_loss_weight": 1e-6, "diff_loss_weight": 1e-5},
+    }
+
+    def __init__(self, data, cache=None, *, embedding_dim: int = 64, num_layer: int = 4,
+                 rank: int = 3, s_drop: float = 0.4, m_drop: float = 0.6,
+                 u_mm_image_weight: float = 0.2, i_mm_image_weight: float = 0.0,
+                 uu_co_weight: float = 0.4, ii_co_weight: float = 0.2, user_knn_k: int = 40,
+                 item_knn_k: int = 10, n_uu_layers: int = 1, n_ii_layers: int = 1,
+                 cl_tmp: float = 0.6, cl_loss_weight: float = 5e-6, diff_loss_weight: float = 1e-4,
+                 graph_seed: int = 2025, trainable_compressor: bool = False,
+                 user_popularity_heldout: bool = False):
+        super().__init__(data, cache)
+        for k, v in list(locals().items()):
+            if k not in ("self", "data", "cache", "__class__"):
+                setattr(self, k, v)
+        if rank < 1:
+            raise ValueError(f"rank={rank}: the low-rank transformations need rank ≥ 1")
+        if not (0 <= s_drop <= 1 and 0 <= m_drop <= 1):
+            raise ValueError("s_drop and m_drop are dropout probabilities in [0, 1]")
+        d = embedding_dim
+        U, I = self.n_users, self.n_items
+        self.modalities = list(data.features)
+        M = self.n_modalities = len(self.modalities)
+
+        # -- graphs (§2) --------------------------------------------------------------
+        user_interest = {m: user_interest_features(data.train, x) for m, x in data.features.items()}
+        pop = None
+        if user_popularity_heldout:
+            pop = (np.diff(data.train.indptr) + np.diff(data.valid.indptr)
+                   + np.diff(data.test.indptr))
+        g_u, g_i, self.graph_seconds = rearm_homographs(
+            data, user_k=user_knn_k, item_k=item_knn_k, uu_co_weight=uu_co_weight,
+            ii_co_weight=ii_co_weight, u_image_weight=u_mm_image_weight,
+            i_image_weight=i_mm_image_weight, seed=graph_seed, user_popularity=pop, cache=cache,
+            user_interest=user_interest)
+        self.user_graph = SparseGraph(g_u, symmetric=False)
+        self.item_graph = SparseGraph(g_i, symmetric=False)
+        self.norm_adj = SparseGraph(sym_normalize(bipartite_adjacency(data.train)), symmetric=True)
+
+        # -- parameters (§3.1) ----------------------------------------------------------
+        self.user_embedding = nn.Parameter(torch.empty(U, d))
+        self.item_embedding = nn.Parameter(torch.empty(I, d))
+        self.item_raw = nn.ParameterList()
+        self.user_raw = nn.ParameterList()
+        self.item_proj = nn.ModuleList()
+        self.user_proj = nn.ModuleList()
+        for m in self.modalities:
+            x = np.asarray(data.features[m], dtype=np.float32)
+            self.item_raw.append(nn.Parameter(torch.from_numpy(x.copy())))
+            self.user_raw.append(nn.Parameter(torch.from_numpy(user_interest[m])))
+            self.item_proj.append(nn.Linear(x.shape[1], d))
+            self.user_proj.append(nn.Linear(x.shape[1], d))
+        self.self_att = nn.ModuleList(ScalarAttention(s_drop) for _ in range(M))
+        self.cross_att = nn.ModuleList(ScalarAttention(m_drop) for _ in range(M if M > 1 else 0))
+        self.layer_norm = nn.LayerNorm(d)
+        self.act = nn.PReLU(1, 0.25)
+        self.user_compress = nn.Linear(M * d, d)
+        self.item_compress = nn.Linear(M * d, d)
+        self.user_gen1, self.user_gen2 = LowRankGenerator(d, rank), LowRankGenerator(d, rank)
+        self.item_gen1, self.item_gen2 = LowRankGenerator(d, rank), LowRankGenerator(d, rank)
+        self.reset_parameters()
+
+    def reset_parameters(self, data=None, user_interest=None):
+        nn.init.normal_(self.user_embedding, 0.0, 0.1)
+        nn.init.normal_(self.item_embedding, 0.0, 0.1)
+        for lin in list(self.item_proj) + list(self.user_proj):
+            nn.init.xavier_normal_(lin.weight)                 # bias keeps the default init
+        if data is not None:
+            with torch.no_grad():
+                for j, m in enumerate(self.modalities):
+                    self.item_raw[j].copy_(torch.from_numpy(np.asarray(data.features[m], np.float32)))
+                    self.user_raw[j].copy_(torch.from_numpy(user_interest[m]))
+
+    # ------------------------------------------------------------------ forward
+    def _homograph(self, graph, emb, feats, n_layers):
+        z = torch.cat([emb] + feats, dim=1)                    # (n, (M+1) d)
+        for _ in range(n_layers):
+            z = graph(z)
+        z = F.normalize(z, dim=1, eps=_EPS_NORM)               # one joint norm per row
+        return z.split(self.embedding_dim, dim=1)
+
+    def forward(self):
+        """(O (N, (M+1)d), F (N, M d), E (N, d)) for all nodes."""
+        d, M, U = self.embedding_dim, self.n_modalities, self.n_users
+        xs = [proj(raw) for proj, raw in zip(self.item_proj, self.item_raw)]     # (I, d) each
+        ys = [proj(raw) for proj, raw in zip(self.user_proj, self.user_raw)]     # (U, d) each
+        e_i, *h = self._homograph(self.item_graph, self.item_embedding, xs, self.n_ii_layers)
+        e_u, *q = self._homograph(self.user_graph, self.user_embedding, ys, self.n_uu_layers)
+        rho, ln = self.act, self.layer_norm
+        a = [rho(ln(h[m] + self.self_att[m](h[m], h[m]))) for m in range(M)]
+        if M > 1:
+            c = [rho(ln(a[m] + self.cross_att[m](a[(m + 1) % M], a[m]))) for m in range(M)]
+        else:
+            c = a
+        b = [rho(x) for x in q]
+        x0 = torch.cat([torch.cat([e_u] + b, 1), torch.cat([e_i] + c, 1)], 0)   # (N, (M+1) d)
+        acc = x0
+        x = x0
+        for _ in range(self.num_layer):
+            x = self.norm_adj(x)
+            acc = acc + x
+        out = acc / (self.num_layer + 1)
+        e, f = out[:, :d], out[:, d:]
+        s = torch.cat([self._meta(f[:U], e[:U], self.user_compress, self.user_gen1, self.user_gen2),
+                       self._meta(f[U:], e[U:], self.item_compress, self.item_gen1, self.item_gen2)], 0)
+        o = torch.cat([rho(f[:, m * d:(m + 1) * d]) + e for m in range(M)] + [rho(s) + e], 1)
+        return o, f, e
+
+    def _meta(self, f, e, compress, gen1, gen2):
+        k = compress(f if self.trainable_compressor else f.detach())
+        if not self.trainable_compressor:
+            k = k.detach()
+        n, d, r = e.shape[0], self.embedding_dim, self.rank
+        return meta_transform(e, gen1(k).view(n, d, r), gen2(k).view(n, r, d))
+
+    # ------------------------------------------------------------------ trainer hooks
+    def loss(self, users, pos, neg):
+        o, f, _ = self.forward()
+        U, d, M = self.n_users, self.embedding_dim, self.n_modalities
+        ou, op, on = o[users], o[U + pos], o[U + neg]
+        bpr = -F.logsigmoid((ou * op).sum(1) - (ou * on).sum(1)).mean()
+        out = {"bpr": bpr}
+        if M > 1:
+            items = U + torch.unique(torch.cat([pos, neg]))
+            uniq_users = torch.unique(users)
+            cl = f.new_zeros(())
+            diff = f.new_zeros(())
+            for m in range(M - 1):
+                fa, fb = f[:, m * d:(m + 1) * d], f[:, (m + 1) * d:(m + 2) * d]
+                cl = cl + info_nce(fa[items], fb[items], self.cl_tmp) \
+                    + info_nce(fa[uniq_users], fb[uniq_users], self.cl_tmp)
+                diff = diff + orthogonal_loss(fa[U + pos], fb[U + pos]) \
+                    + orthogonal_loss(fa[users], fb[users])
+            out["cl"] = self.cl_loss_weight * cl
+            out["diff"] = self.diff_loss_weight * diff
+        return out
+
+    def representations(self):
+        o, _, _ = self.forward()
+        return o[: self.n_users], o[self.n_users:]
