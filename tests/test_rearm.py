@@ -227,15 +227,16 @@ def test_attention_p1_zeroes_the_map_in_training():
 def test_attention_backward_with_dropout_matches_dense(monkeypatch):
     torch.manual_seed(1)
     n, d, p = 6, 8, 0.4
-    masks = (torch.rand(n, d, d) > p)
+    words = torch.randint(0, 32768, (n, d, d), dtype=torch.int16)
+    masks = rearm_mod._keep_from_words(words, 1 - p).double()
     calls = []
 
-    def fixed_mask(shape, keep, device):
-        s = sum(m.shape[0] for m in calls)
-        m = masks[s:s + shape[0]]
-        calls.append(m)
-        return m
-    monkeypatch.setattr(rearm_mod, "dropout_keep_mask", fixed_mask)
+    def fixed_words(shape, device):
+        s = sum(w.shape[0] for w in calls)
+        w = words[s:s + shape[0]]
+        calls.append(w)
+        return w
+    monkeypatch.setattr(rearm_mod, "_random_words", fixed_words)
     att = ScalarAttention(p, chunk_size=4).train()
     q = torch.randn(n, d, dtype=torch.float64, requires_grad=True)
     c = torch.randn(n, d, dtype=torch.float64, requires_grad=True)
@@ -259,8 +260,10 @@ def test_attention_backward_with_dropout_matches_dense(monkeypatch):
 def test_dropout_keep_rate():
     torch.manual_seed(0)
     m = rearm_mod.dropout_keep_mask((300, 64, 64), 0.6, "cpu")
-    assert m.dtype == torch.bool and abs(m.float().mean().item() - 0.6) < 2e-3
-    assert rearm_mod.dropout_keep_mask((10, 3), 1.0, "cpu").all()
+    assert set(m.unique().tolist()) == {0.0, 1.0} and abs(m.mean().item() - 0.6) < 2e-3
+    assert (rearm_mod.dropout_keep_mask((10, 3), 1.0, "cpu") == 1).all()
+    w = torch.tensor([0, 19660, 19661, 32767], dtype=torch.int16)   # round(0.6·2^15) = 19661
+    assert rearm_mod._keep_from_words(w, 0.6).tolist() == [1, 1, 0, 0]
 
 
 # ----------------------------------------------------------------------------- meta-network

@@ -5,7 +5,8 @@ Never a dense users×users or items×items matrix, never a Python loop over pair
 * co-occurrence counts C = X Xᵀ (X = R for users, Rᵀ for items) are sparse products of a
   block of rows against Xᵀ; the diagonal is dropped and each row keeps its top-k at once
   (vectorised sort by (row, −count, column)), so at most one (chunk, n) sparse block lives;
-* cosine kNN graphs go through :func:`mmrecsys.graphs.knn_graph` (row blocks of (chunk, n)).
+* cosine kNN graphs are computed by blocks of the symmetric cosine matrix on and above the
+  diagonal (:func:`cosine_topk`), each updating a running per-row top-k.
 
 Per-row rules of the sparsified co-occurrence graph Ĉ (spec §2.2), nb(a) = {b ≠ a : C_ab > 0}
 sorted by count descending, ties by ascending index:
@@ -30,7 +31,7 @@ import hashlib
 import numpy as np
 import scipy.sparse as sp
 
-from .knn import knn_graph, knn_to_csr
+from .knn import knn_to_csr
 
 BUILDER_VERSION = 1
 
@@ -149,11 +150,48 @@ def user_interest_features(train: sp.spmatrix, features: np.ndarray) -> np.ndarr
     return np.asarray(sp.diags(inv) @ (r @ np.asarray(features, dtype=np.float32)), dtype=np.float32)
 
 
-def similarity_graph(features, k: int, chunk_size: int = 2048, device=None) -> sp.csr_matrix:
+def cosine_topk(features, k: int, block: int = 4096, device=None):
+    """Top-k cosine neighbours of every row (itself included): (indices, values), each (n, k).
+
+    Exact, and half the work of a row-chunked product: the cosine matrix is symmetric, so
+    only the blocks on and above the diagonal are computed; each block updates the running
+    top-k of its rows and (transposed) of its columns. Memory is O(block² + n·k); the order
+    of tied values is torch.topk's.
+    """
+    import torch
+
+    x = torch.as_tensor(np.asarray(features, dtype=np.float32), device=device)
+    x = torch.nn.functional.normalize(x, dim=1)
+    n = x.shape[0]
+    k = min(k, n)
+    best_v = torch.full((n, k), -float("inf"), device=x.device)
+    best_i = torch.zeros((n, k), dtype=torch.int64, device=x.device)
+
+    def merge(r0, r1, sims, c0):
+        cand_v = torch.cat([best_v[r0:r1], sims], 1)
+        cand_i = torch.cat([best_i[r0:r1],
+                            torch.arange(c0, c0 + sims.shape[1], device=x.device).expand(r1 - r0, -1)], 1)
+        v, j = torch.topk(cand_v, k, dim=1)
+        best_v[r0:r1] = v
+        best_i[r0:r1] = torch.gather(cand_i, 1, j)
+
+    with torch.no_grad():
+        for a0 in range(0, n, block):
+            a1 = min(a0 + block, n)
+            for b0 in range(a0, n, block):
+                b1 = min(b0 + block, n)
+                sims = x[a0:a1] @ x[b0:b1].T
+                merge(a0, a1, sims, b0)
+                if b0 != a0:
+                    merge(b0, b1, sims.T.contiguous(), a0)
+    return best_i, best_v
+
+
+def similarity_graph(features, k: int, chunk_size: int = 4096, device=None) -> sp.csr_matrix:
     """S_k / k: the k largest cosine values of every row (itself included), scaled by 1/k."""
-    idx, val = knn_graph(features, k, chunk_size=chunk_size, device=device)
+    idx, val = cosine_topk(features, k, block=chunk_size, device=device)
     kk = idx.shape[1]
-    return knn_to_csr(idx, val / kk, n_cols=idx.shape[0])
+    return knn_to_csr(idx.cpu().numpy(), (val / kk).cpu().numpy(), n_cols=idx.shape[0])
 
 
 def mixed_homograph(cooc: sp.spmatrix | None, sims: list, weights: list, alpha: float) -> sp.csr_matrix:
@@ -194,7 +232,7 @@ def _array_hash(*arrays) -> str:
 def rearm_homographs(data, *, user_k: int, item_k: int, uu_co_weight: float, ii_co_weight: float,
                      u_image_weight: float, i_image_weight: float, seed: int = 2025,
                      user_popularity: np.ndarray | None = None, cache=None,
-                     user_interest: dict | None = None, knn_chunk: int = 2048):
+                     user_interest: dict | None = None, knn_chunk: int = 4096):
     """(G^U, G^I) of spec §2.4 as CSR, components cached by everything they depend on.
 
     ``user_popularity``: fallback ranking of users with no co-occurring user (default: their
