@@ -62,14 +62,18 @@ Exact reformulations used for speed (the math is unchanged, only float rounding 
 
 * ``X_m [W_m | V_m]`` is one product (projection and hyperedge logits), and ``R [F_i | S_i]``
   one sparse product (user mean and user logits);
-* CGE and MGE share Â: their layers are propagated together as one N×(d·(1+M)) matrix;
 * Â, R, Rᵀ and the inverse user degrees are built once (cached) as CSR tensors; Â is
-  symmetric, so its backward pass is Â itself;
+  symmetric, so its backward pass is Â itself (one CSR SpMM per 64-wide block);
+* the fusion E* is row-wise, so a training step fuses only the rows its batch reads;
 * the HCL denominators: rows of the batch that share a user (item) share their term, so each
   distinct row is computed once and weighted by its multiplicity; when A < d the cosine matrix
   is computed in the A-dimensional hyperedge space, since
-  nrm(P) nrm(H̄Z)ᵀ = (nrm(P) Zᵀ) (diag(1/‖H̄Z‖) H̄)ᵀ; and the log-sum-exp over all users/items
-  is a chunked custom autograd function that never holds the B×U matrix.
+  nrm(P) nrm(H̄Z)ᵀ = (nrm(P) Zᵀ) (diag(1/‖H̄Z‖) H̄)ᵀ; the log-sum-exp over all users/items
+  runs in row blocks that never form the B×U matrix, with its gradient accumulated in the same
+  sweep (the term is a scalar, so its gradient is a multiple of the gradient at 1).
+
+Everything else (the full-graph forward with fresh noise and dropout at every step, float32,
+the sum-reduced one-directional HCL) is as in the official code.
 
 Deviation, declared (spec §10): :meth:`representations` runs the forward pass once per
 evaluation pass (valid or test), not once per batch of 4096 evaluated users, so all users of a
