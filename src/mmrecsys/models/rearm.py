@@ -56,6 +56,12 @@ column-wise); homographs and Â are CSR operators with their transpose for the b
 the representations of an evaluation pass are computed once (the code recomputes them per
 8192-user chunk: identical in eval mode).
 
+Declared deviations (statistical only): attention dropout keeps an entry with probability
+round((1 − p)·2^15)/2^15 (within 1.6e-5 of 1 − p; masks come from 15-bit random words, not
+torch.bernoulli); co-occurrence ties are broken by ascending index and the padding draws use
+numpy's Generator(``graph_seed``) (the code's order is torch.topk's and its draws the global
+numpy RNG, spec §10).
+
 Compatibility options (off by default because they let held-out data influence training):
 ``user_popularity_heldout`` (the fallback user popularity of §2.2 case C counts valid and test
 interactions, as the code does; never triggers on Baby/Sports/Clothing) and the trainer's
