@@ -61,8 +61,8 @@ def test_import_user_without_train_is_reported(tmp_path):
     ("badkey", r"train\.json: key 'u0' is not an integer"),
     ("baditem", r"test\.json: user '0' has item -1"),
     ("list", r"train\.json: the top level must be an object"),
-    ("rows", r"image_feat\.npy: has 5 rows but the split files use item ids 0\.\.5"),
-    ("nan", r"text_feat\.npy: row 2 \(item 2\) holds NaN"),
+    ("rows", r"image_feat\.npy: has 5 rows but the dataset has 6 items"),
+    ("nan", r"text_feat\.npy: row 2 \(item 2\), column 1 is nan; 1 rows hold NaN"),
     ("missing", r"test\.json: file missing"),
 ])
 def test_import_errors_name_file_and_fix(tmp_path, kind, match):

@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from .dataset import DataError, TEST, TRAIN, VALID, write_dataset
+from .dataset import DataError, TEST, TRAIN, VALID, read_feature_file, write_dataset
 
 SPLIT_FILES = (("train.json", TRAIN), ("val.json", VALID), ("test.json", TEST))
 
@@ -78,32 +78,11 @@ def read_split_json(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_features(dirs: list[pathlib.Path], n_items: int) -> dict[str, np.ndarray]:
+    """Every ``*_feat.npy`` of the folders (the first one of a name wins), validated."""
     feats: dict[str, np.ndarray] = {}
     for d in dirs:
         for f in sorted(d.glob("*_feat.npy")):
-            name = f.name[: -len(".npy")]
-            if name in feats:
-                continue
-            try:
-                x = np.load(f, allow_pickle=False)
-            except Exception as e:  # noqa: BLE001 (any unreadable file)
-                raise DataError(f"{f}: cannot be read as a .npy array ({e}). Re-save it with "
-                                f"numpy.save as a 2-d float array.") from None
-            if x.ndim != 2:
-                raise DataError(f"{f}: expected a 2-d array (one row per item), got shape "
-                                f"{x.shape}.")
-            if x.shape[0] != n_items:
-                raise DataError(f"{f}: has {x.shape[0]} rows but the split files use item ids "
-                                f"0..{n_items - 1} ({n_items} items). Row i must hold the features "
-                                f"of item i; the file does not belong to these splits.")
-            x = np.asarray(x, dtype=np.float32)
-            bad = ~np.isfinite(x)
-            if bad.any():
-                r = int(np.flatnonzero(bad.any(1))[0])
-                raise DataError(f"{f}: row {r} (item {r}) holds NaN or infinite values "
-                                f"({int(bad.any(1).sum())} rows in all). Replace them, e.g. by the "
-                                f"mean feature vector.")
-            feats[name] = x
+            feats.setdefault(f.name[: -len(".npy")], read_feature_file(f, n_items))
     return feats
 
 

@@ -16,7 +16,7 @@ import warnings
 
 import numpy as np
 
-from .dataset import DataError, TEST, TRAIN, VALID, write_dataset
+from .dataset import DataError, TEST, TRAIN, VALID, load_features, write_dataset
 
 SPLIT_FILES = (("train.npy", TRAIN), ("valid.npy", VALID), ("test.npy", TEST))
 
@@ -57,31 +57,6 @@ def read_split_npy(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
     return arr[0].copy(), arr[1].copy()
 
 
-def _read_features(src: pathlib.Path, n_items: int) -> dict[str, np.ndarray]:
-    feats = {}
-    for f in sorted(src.glob("*_feat.npy")):
-        try:
-            x = np.load(f, allow_pickle=False)
-        except Exception as e:  # noqa: BLE001
-            raise DataError(f"{f}: cannot be read as a .npy array ({e}). Re-save it with "
-                            f"numpy.save as a 2-d float array (one row per item).") from None
-        if x.ndim != 2:
-            raise DataError(f"{f}: expected a 2-d array (one row per item), got shape {x.shape}.")
-        if x.shape[0] != n_items:
-            raise DataError(f"{f}: has {x.shape[0]} rows but the split files use item ids "
-                            f"0..{n_items - 1} ({n_items} items). Row i must hold the features of "
-                            f"item i; the file does not belong to these splits.")
-        x = np.asarray(x, dtype=np.float32)
-        bad = ~np.isfinite(x)
-        if bad.any():
-            r = int(np.flatnonzero(bad.any(1))[0])
-            raise DataError(f"{f}: row {r} (item {r}) holds NaN or infinite values "
-                            f"({int(bad.any(1).sum())} rows in all). Replace them, e.g. by the "
-                            f"mean feature vector.")
-        feats[f.name[: -len(".npy")]] = x
-    return feats
-
-
 def import_rearm(src_dir, out_dir, name: str | None = None) -> pathlib.Path:
     """Convert REARM's ``train/valid/test.npy`` and ``*_feat.npy`` in ``src_dir`` into ``out_dir``.
 
@@ -112,7 +87,7 @@ def import_rearm(src_dir, out_dir, name: str | None = None) -> pathlib.Path:
                         f"{int(counts[counts > 1][0])} times (in {', '.join(where)}); "
                         f"{int((counts > 1).sum())} pairs repeat in all. Each pair must occur once "
                         f"in exactly one split: remove the repeats.")
-    feats = _read_features(src, n_items)
+    feats = load_features(src, n_items)
     if not feats:
         warnings.warn(f"{src}: no *_feat.npy feature file found (REARM expects image_feat.npy "
                       f"and text_feat.npy); the dataset is written without modalities.",
