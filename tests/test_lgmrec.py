@@ -29,6 +29,8 @@ def tiny_data(n_modalities=2, seed=0) -> Dataset:
 
 
 def dense(t):
+    if isinstance(t, torch.nn.Module):  # a SparseGraph operator
+        t = t.a
     return t.to_dense() if t.layout != torch.strided else t
 
 

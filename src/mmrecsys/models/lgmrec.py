@@ -83,15 +83,13 @@ from __future__ import annotations
 
 import itertools
 import re
-import warnings
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..graphs import bipartite_adjacency, sym_normalize
+from ..graphs import SparseGraph, bipartite_adjacency, sym_normalize
 from .base import Recommender
 from .layers import bpr_logsigmoid, emb_loss
 
@@ -99,33 +97,6 @@ _EPS_NORM = 1e-12   # F.normalize's eps
 _EPS_DEG = 1e-7     # degree epsilon of Â and of the user mean (§2.1, §2.3)
 
 
-# ----------------------------------------------------------------------------- sparse helpers
-def _csr_tensor(m: sp.spmatrix) -> torch.Tensor:
-    m = m.tocsr().astype(np.float32)
-    m.sort_indices()
-    with warnings.catch_warnings():  # "sparse CSR support is in beta"
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(torch.from_numpy(m.indptr.astype(np.int64)),
-                                       torch.from_numpy(m.indices.astype(np.int64)),
-                                       torch.from_numpy(m.data), size=m.shape,
-                                       check_invariants=False)
-
-
-class _SparseMatmul(torch.autograd.Function):
-    """y = M x for a constant sparse M, with Mᵀ given (the same tensor when M is symmetric)."""
-
-    @staticmethod
-    def forward(ctx, m, m_t, x):
-        ctx.m_t = m_t
-        return m @ x
-
-    @staticmethod
-    def backward(ctx, grad):
-        return None, None, ctx.m_t @ grad.contiguous()
-
-
-def _spmm(m, m_t, x):
-    return _SparseMatmul.apply(m, m_t, x)
 
 
 # ----------------------------------------------------------------------------- HCL helper
@@ -294,9 +265,8 @@ class LGMRec(Recommender):
                                                      "eps": _EPS_DEG, "version": 1}, build)
         else:
             g = build()
-        self.register_buffer("norm_adj", _csr_tensor(g["norm_adj"]), persistent=False)
-        self.register_buffer("inter", _csr_tensor(g["inter"]), persistent=False)
-        self.register_buffer("inter_t", _csr_tensor(g["inter"].T), persistent=False)
+        self.norm_adj = SparseGraph(g["norm_adj"], symmetric=True)   # Â, (U+I)²
+        self.inter = SparseGraph(g["inter"], symmetric=False)        # R, (U, I)
         self.register_buffer("inv_user_degree", torch.from_numpy(g["inv_user_degree"])[:, None],
                              persistent=False)
 
@@ -335,7 +305,7 @@ class LGMRec(Recommender):
         out = []
         for k in self._keys:
             y = self.features(k) @ torch.cat([self.projection[k], self.hyperedges[k]], 1)  # (I, d+A)
-            ry = _spmm(self.inter, self.inter_t, y)                                        # (U, d+A)
+            ry = self.inter(y)                                        # (U, d+A)
             f0 = torch.cat([ry[:, :d] * self.inv_user_degree, y[:, :d]], 0)               # (N, d)
             out.append((f0, y[:, d:], ry[:, d:]))
         return out
@@ -351,13 +321,13 @@ class LGMRec(Recommender):
         lc = self.n_ui_layers if self.cf_model == "lightgcn" else 0
         h, acc = ego, ego
         for _ in range(lc):
-            h = _spmm(self.norm_adj, self.norm_adj, h)
+            h = self.norm_adj(h)
             acc = acc + h
         e_c = acc / (lc + 1) if lc else ego
         feats = []
         for f in modal:
             for _ in range(self.n_mm_layers):
-                f = _spmm(self.norm_adj, self.norm_adj, f)
+                f = self.norm_adj(f)
             feats.append(f)
         return e_c, feats
 
