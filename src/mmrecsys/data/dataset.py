@@ -205,6 +205,25 @@ def _is_number(v: str) -> bool:
         return False
 
 
+def heldout_without_train(users: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Mask of validation/test rows whose user has no training row."""
+    has_train = np.zeros(int(users.max()) + 1, dtype=bool)
+    has_train[users[labels == TRAIN]] = True
+    return (labels != TRAIN) & ~has_train[users]
+
+
+def stack_splits(read, directory: pathlib.Path, files) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(users, items, labels) from split files: ``read(path) -> (users, items)`` for each
+    ``(file name, label)`` of ``files``."""
+    us, its, labs = [], [], []
+    for fname, lab in files:
+        u, i = read(pathlib.Path(directory) / fname)
+        us.append(u)
+        its.append(i)
+        labs.append(np.full(len(u), lab, dtype=np.int64))
+    return np.concatenate(us), np.concatenate(its), np.concatenate(labs)
+
+
 def clean_interactions(users, items, labels, source="interactions"):
     """Drop duplicate (user, item) pairs and held-out rows of users with no training row.
 
@@ -220,9 +239,7 @@ def clean_interactions(users, items, labels, source="interactions"):
         warnings.warn(f"{source}: dropped {len(key) - len(first)} duplicate (user, item) rows "
                       f"(kept the first occurrence of each pair).", stacklevel=2)
         users, items, labels = users[keep], items[keep], labels[keep]
-    has_train = np.zeros(int(users.max()) + 1, dtype=bool)
-    has_train[users[labels == TRAIN]] = True
-    cold = (labels != TRAIN) & ~has_train[users]
+    cold = heldout_without_train(users, labels)
     if cold.any():
         warnings.warn(f"{source}: dropped {int(cold.sum())} validation/test rows of "
                       f"{len(np.unique(users[cold]))} users with no training row "

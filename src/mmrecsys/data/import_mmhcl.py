@@ -20,7 +20,8 @@ import warnings
 
 import numpy as np
 
-from .dataset import DataError, TEST, TRAIN, VALID, read_feature_file, write_dataset
+from .dataset import (DataError, TEST, TRAIN, VALID, heldout_without_train, read_feature_file,
+                      stack_splits, write_dataset)
 
 SPLIT_FILES = (("train.json", TRAIN), ("val.json", VALID), ("test.json", TEST))
 
@@ -99,13 +100,7 @@ def import_mmhcl(src_dir, out_dir, name: str | None = None) -> pathlib.Path:
         raise DataError(f"{src}: not a directory. Pass MMHCL's dataset folder (holding "
                         f"5-core/train.json and the *_feat.npy files).")
     jdir = _find_json_dir(src)
-    us, its, labs = [], [], []
-    for fname, lab in SPLIT_FILES:
-        u, i = read_split_json(jdir / fname)
-        us.append(u)
-        its.append(i)
-        labs.append(np.full(len(u), lab, dtype=np.int64))
-    users, items, labels = np.concatenate(us), np.concatenate(its), np.concatenate(labs)
+    users, items, labels = stack_splits(read_split_json, jdir, SPLIT_FILES)
     if not (labels == TRAIN).any():
         raise DataError(f"{jdir / 'train.json'}: holds no training interaction (every list is "
                         f"empty).")
@@ -117,9 +112,7 @@ def import_mmhcl(src_dir, out_dir, name: str | None = None) -> pathlib.Path:
                       f"{', '.join(str(d) for d in feature_dirs)}); the dataset is written "
                       f"without modalities.", stacklevel=2)
     n_users_code = int(users[labels == TRAIN].max()) + 1
-    has_train = np.zeros(int(users.max()) + 1, dtype=bool)
-    has_train[users[labels == TRAIN]] = True
-    cold = (labels != TRAIN) & ~has_train[users]
+    cold = heldout_without_train(users, labels)
     if cold.any():
         warnings.warn(f"{jdir}: {len(np.unique(users[cold]))} users have validation/test items "
                       f"but no training item; the standard loader drops their "

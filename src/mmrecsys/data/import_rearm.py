@@ -16,7 +16,7 @@ import warnings
 
 import numpy as np
 
-from .dataset import DataError, TEST, TRAIN, VALID, load_features, write_dataset
+from .dataset import DataError, TEST, TRAIN, VALID, load_features, stack_splits, write_dataset
 
 SPLIT_FILES = (("train.npy", TRAIN), ("valid.npy", VALID), ("test.npy", TEST))
 
@@ -67,13 +67,7 @@ def import_rearm(src_dir, out_dir, name: str | None = None) -> pathlib.Path:
     if not src.is_dir():
         raise DataError(f"{src}: not a directory. Pass REARM's dataset folder (e.g. "
                         f"REARM/data/baby) holding train.npy, valid.npy, test.npy.")
-    us, its, labs = [], [], []
-    for fname, lab in SPLIT_FILES:
-        u, i = read_split_npy(src / fname)
-        us.append(u)
-        its.append(i)
-        labs.append(np.full(len(u), lab, dtype=np.int64))
-    users, items, labels = np.concatenate(us), np.concatenate(its), np.concatenate(labs)
+    users, items, labels = stack_splits(read_split_npy, src, SPLIT_FILES)
     if not (labels == TRAIN).any():
         raise DataError(f"{src / 'train.npy'}: holds no interaction (shape (2, 0)).")
     n_users, n_items = int(users.max()) + 1, int(items.max()) + 1
