@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..graphs import bipartite_adjacency, to_torch_sparse
+from ..graphs import SparseGraph, bipartite_adjacency
 from ..graphs.hypergraph import (HYPERGRAPH_VERSION, TorchHypergraph, i2i_hypergraph,
                                  multimodal_knn_incidence, u2u_hypergraph)
 from .base import Recommender
@@ -217,8 +217,7 @@ class MMHCL(Recommender):
         self.uu_embedding = nn.Parameter(torch.empty(self.n_users, embed_size))        # Q_U
         self.ii_embedding = nn.Parameter(torch.empty(self.n_items, embed_size))        # Q_I
 
-        self.register_buffer("ui_adj", to_torch_sparse(ui_sym_adjacency(data.train)),
-                             persistent=False)
+        self.ui_adj = SparseGraph(ui_sym_adjacency(data.train), symmetric=True)
         fp_train = data.fingerprint(with_features=False)
         u2u_key = {"fingerprint": fp_train, "version": HYPERGRAPH_VERSION}
         feats = [data.features[m] for m in data.modalities]

@@ -102,10 +102,6 @@ class EarlyStopping:
         self.best, self.bad = dict(s["best"]), s["bad"]
 
 
-def _metric_keys(cfg):
-    return cfg["topk"]
-
-
 def _fmt(d: dict, keys=("recall@20", "ndcg@20")) -> str:
     return " ".join(f"{k} {d[k]:.4f}" for k in keys if k in d)
 
