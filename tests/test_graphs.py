@@ -216,3 +216,17 @@ def test_graph_cache_disabled_and_corrupt(tmp_path):
     p.write_bytes(b"not a torch file")
     assert cache.get_or_build("g", {"k": 1}, lambda: 42) == 42  # rebuilt, not crashed
     assert GraphCache(tmp_path).get_or_build("g", {"k": 1}, lambda: 0) == 42
+
+
+def test_sparse_graph_transpose_product_and_gradient():
+    rng = np.random.default_rng(5)
+    m = sp.random(12, 7, density=0.3, format="csr", dtype=np.float32, random_state=rng)
+    g = SparseGraph(m, symmetric=False)
+    x = torch.randn(12, 3, dtype=torch.float32, requires_grad=True)
+    w = torch.arange(3, dtype=torch.float32)
+    (g.t(x) * w).sum().backward()
+    dense = torch.tensor(m.toarray())
+    x2 = x.detach().clone().requires_grad_(True)
+    (dense.T @ x2 * w).sum().backward()
+    torch.testing.assert_close(g.t(x.detach()), dense.T @ x.detach())
+    torch.testing.assert_close(x.grad, x2.grad)

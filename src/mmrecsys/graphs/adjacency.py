@@ -93,5 +93,12 @@ class SparseGraph(torch.nn.Module):
             return _SpMM.apply(self.a, a_t, x)
         return self.a @ x
 
+    def t(self, x: torch.Tensor) -> torch.Tensor:
+        """Aᵀ x, differentiable in x."""
+        a_t = self.a if self.symmetric else self.a_t
+        if x.requires_grad:
+            return _SpMM.apply(a_t, self.a, x)
+        return a_t @ x
+
     def extra_repr(self) -> str:
         return f"shape={tuple(self.shape)}, nnz={self.nnz}, symmetric={self.symmetric}"

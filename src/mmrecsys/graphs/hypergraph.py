@@ -27,7 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .adjacency import to_torch_sparse
+from .adjacency import SparseGraph
 from .knn import knn_graph
 
 HYPERGRAPH_VERSION = 1
@@ -168,8 +168,7 @@ class TorchHypergraph(torch.nn.Module):
 
     def __init__(self, g: FactoredHypergraph):
         super().__init__()
-        self.register_buffer("h", to_torch_sparse(g.incidence), persistent=False)
-        self.register_buffer("ht", to_torch_sparse(g.incidence.T.tocsr()), persistent=False)
+        self.incidence = SparseGraph(g.incidence, symmetric=False)  # H, with Hᵀ kept for .t()
         self.register_buffer("left", torch.from_numpy(np.asarray(g.left, np.float32))[:, None],
                              persistent=False)
         self.has_right = g.right is not None
@@ -183,7 +182,7 @@ class TorchHypergraph(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.right * x if self.has_right else x
-        z = torch.sparse.mm(self.h, torch.sparse.mm(self.ht, y))
+        z = self.incidence(self.incidence.t(y))
         if self.has_self:
             z = z - self.self_weight * y
         return self.left * z
