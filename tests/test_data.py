@@ -226,11 +226,18 @@ def test_heldout_rows_of_users_without_training_dropped(tmp_path):
     folder = tmp_path / "d"
     rows = ROWS + [(3, 0, 1), (3, 2, 2), (4, 1, 2)]  # users 3 and 4 have no training row
     write_inter(folder, rows)
-    with pytest.warns(UserWarning, match=r"dropped 3 validation/test rows of 2 users"):
+    with pytest.warns(UserWarning, match=r"left 3 validation/test rows of 2 users.*keep_users_without_train"):
         ds = load_dataset(folder)
     assert ds.n_users == 5  # the id range still counts them (§1.1)
     assert ds.valid[3].nnz == 0 and ds.test[3].nnz == 0 and ds.test[4].nnz == 0
     assert ds.valid.nnz == 2 and ds.test.nnz == 3
+    # MMHCL's population: the option (or config key) puts them back, and only them
+    full = ds.with_users_without_train()
+    assert full.valid[3, 0] == 1 and full.test[3, 2] == 1 and full.test[4, 1] == 1
+    assert full.valid.nnz == 3 and full.test.nnz == 5 and (full.train != ds.train).nnz == 0
+    with pytest.warns(UserWarning):
+        loaded = load_dataset(folder, keep_users_without_train=True)
+    assert (loaded.test != full.test).nnz == 0 and (loaded.valid != full.valid).nnz == 0
 
 
 # ------------------------------------------------------------------ CLI

@@ -251,7 +251,12 @@ def test_defaults_and_presets():
     assert (t["user_layers"], t["temperature"], t["sampler"], t["negatives_from"], t["lr"],
             t["batch_size"], t["eval_step"], t["patience"], t["seed"]) == (
         3, 0.6, "users", "all_items", 1e-4, 1024, 5, 5, 2024)
-    assert t["lr_scheduler"] == [0.96, 50] and t["valid_metrics"] == ["recall@20", "ndcg@20"]
+    assert t["lr_scheduler"] == [0.96, 50]
+    # main.py's selection: Recall@20 or its own NDCG@20, raw floats; its loader's population
+    assert t["valid_metrics"] == ["recall@20", "ndcg_mmhcl@20"] and t["valid_round"] is None
+    assert t["extra_metrics"] == ["ndcg_mmhcl"] and t["keep_users_without_train"] is True
+    assert resolve_config(MMHCL, "TikTok")["preset"] == "tiktok"     # names match case-insensitively
+    assert resolve_config(MMHCL, "synthetic")["keep_users_without_train"] is False
 
 
 def test_needs_features():

@@ -97,31 +97,55 @@ def train(model, data, out, config_file, sets, seed, device, resume, quiet):
 @click.option("--split", type=click.Choice(["valid", "test"]), default="test", show_default=True)
 @click.option("--device", default="auto", show_default=True)
 def evaluate(run_dir, data, split, device):
-    """Re-evaluate the saved best weights of a run and print the metrics table."""
-    from .evaluation import evaluate as run_eval
-    model, cfg, ds = _load_run(run_dir, data, device)
-    res = run_eval(model, ds, split, topk=cfg["topk"], mask_valid_at_test=cfg["mask_valid_at_test"],
-                   chunk_size=cfg["eval_batch_size"], extra_metrics=cfg.get("extra_metrics", []))
+    """Re-evaluate the saved best weights of a run and print the metrics table.
+
+    The pass is the one the trainer ran for the best epoch (same users, blocks and, for a
+    stochastic model, the same noise seed), so the test metrics equal metrics.json's.
+    """
+    from .train.trainer import EpochEvaluator
+    model, cfg, ds, best_epoch = _load_run(run_dir, data, device)
+    res = EpochEvaluator(model, ds, cfg, best_epoch)(split)
     _print_metrics(f"{split} metrics of {run_dir} ({len(res.users)} users):", res.metrics, cfg["topk"])
 
 
+def _best_epoch(run: pathlib.Path) -> int:
+    """The best epoch recorded in the run's metrics.json (the trainer writes it at each best)."""
+    try:
+        return int(json.loads((run / "metrics.json").read_text(encoding="utf-8"))["best_epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        _fail(f"{run}: metrics.json is missing or unreadable; it records the best epoch. "
+              f"Re-run or --resume the training.")
+
+
 def _load_run(run_dir, data, device):
+    """(model with the best weights, config, dataset as the run saw it, best epoch)."""
     import torch
     from .train import build_model, resolve_device
+    from .train.trainer import prepare_data
     run = pathlib.Path(run_dir)
     if not (run / "best.pt").exists():
         _fail(f"{run}: no best.pt; the run has not evaluated yet (train longer or --resume it)")
     cfg = load_yaml(run / "config.yaml")
+    best_epoch = _best_epoch(run)
     from .data import DataError
     try:
-        ds = _load_data(data or cfg.get("data"))
+        ds = prepare_data(_load_data(data or cfg.get("data")), cfg)
     except DataError as e:
         _fail(f"{e}\n(the run's dataset; pass --data DIR if it has moved)")
     dev = resolve_device(device)
     model = build_model(ds, cfg, dev)
     model.load_state_dict(torch.load(run / "best.pt", map_location=dev, weights_only=False))
     model.eval()
-    return model, cfg, ds
+    return model, cfg, ds, best_epoch
+
+
+def _recommender(run_dir, data, device):
+    """A Recommender on a run's best weights; a stochastic model's noise is the best epoch's
+    test-pass draw, so the same request always gets the same answer."""
+    from .evaluation import eval_seed
+    from .serving.app import Recommender as RunRecommender
+    model, cfg, ds, best_epoch = _load_run(run_dir, data, device)
+    return RunRecommender(model, ds, run_dir, seed=eval_seed(cfg["seed"], best_epoch, "test"))
 
 
 @main.command()
@@ -133,9 +157,7 @@ def _load_run(run_dir, data, device):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def recommend(run_dir, users, k, data, device, as_json):
     """Top-k items for users (training items excluded) from a run's best weights."""
-    from .serving.app import Recommender as RunRecommender
-    model, _, ds = _load_run(run_dir, data, device)
-    rec = RunRecommender(model, ds, run_dir)
+    rec = _recommender(run_dir, data, device)
     try:
         out = rec.recommend(users, k)
     except ValueError as e:
@@ -157,11 +179,10 @@ def serve(run_dir, data, host, port, device):
     """Serve top-K recommendations of a run over HTTP (FastAPI; docs at /docs)."""
     try:
         import uvicorn
-        from .serving.app import Recommender as RunRecommender, create_app
+        from .serving.app import create_app
     except ImportError:
         _fail("serving needs FastAPI and uvicorn: pip install 'mmrecsys[serve]'")
-    model, _, ds = _load_run(run_dir, data, device)
-    app = create_app(RunRecommender(model, ds, run_dir))
+    app = create_app(_recommender(run_dir, data, device))
     click.echo(f"serving {run_dir} on http://{host}:{port} (docs at /docs)")
     uvicorn.run(app, host=host, port=port, log_level="info")
 

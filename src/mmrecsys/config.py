@@ -27,7 +27,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "sampler": "interactions",     # interactions (MMRec) | users (MMHCL)
     "negatives_from": "train_items",  # train_items (MMRec) | all_items
     "neg_exclude_heldout": False,  # compatibility: negatives avoid valid/test items (a leak)
-    "valid_metrics": ["recall@20"],  # improvement if any beats its running max (4 decimals)
+    "valid_metrics": ["recall@20"],  # improvement if any beats its running max
+    "valid_round": 4,              # decimals of valid metrics before comparing; null = raw floats
     "topk": [5, 10, 20, 50],
     "eval_batch_size": 4096,
     "mask_valid_at_test": False,
@@ -35,7 +36,12 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "preset": "auto",              # auto (by dataset name) | none | a preset name
     "cache_dir": "",               # graph cache ("" = $MMRECSYS_CACHE or ~/.cache/mmrecsys)
     "checkpoint_every": 1,         # epochs between resume checkpoints
+    "modalities": [],              # feature files to use, in order ([] = every *_feat.npy, by name)
+    "keep_users_without_train": False,  # evaluate held-out users with no training row (MMHCL)
 }
+
+#: keys whose value may be null (YAML ``null`` / ``--set key=null``)
+NULLABLE = {"valid_round"}
 
 CHOICES = {
     "optimizer": ("adam", "adamw"),
@@ -67,7 +73,7 @@ def parse_overrides(pairs) -> dict[str, Any]:
 
 
 def _coerce(key: str, value, default):
-    if default is None:
+    if default is None or (value is None and key in NULLABLE):
         return value
     if value is None:
         raise ConfigError(f"{key} has no value (an empty --set {key}= or YAML 'null'); give a "
@@ -132,18 +138,18 @@ def resolve_config(model_cls, dataset_name: str, file_cfg: dict | None = None,
                               f"(`mmrecsys models {model_cls.name}` lists every key)")
     preset_name = user.get("preset", defaults["preset"])
     cfg = dict(defaults)
+    presets = {str(k).lower(): (k, v) for k, v in model_cls.presets.items()}  # case-insensitive
     if preset_name == "auto":
-        preset = model_cls.presets.get(dataset_name, {})
-        cfg["preset"] = dataset_name if preset else "none"
+        name, preset = presets.get(str(dataset_name).lower(), ("none", {}))
+        cfg["preset"] = name
     elif preset_name in ("none", "", None):
         preset = {}
         cfg["preset"] = "none"
     else:
-        if preset_name not in model_cls.presets:
+        if str(preset_name).lower() not in presets:
             raise ConfigError(f"preset {preset_name!r} unknown for {model_cls.name}; available: "
                               f"{', '.join(model_cls.presets) or 'none'}")
-        preset = model_cls.presets[preset_name]
-        cfg["preset"] = preset_name
+        cfg["preset"], preset = presets[str(preset_name).lower()]
     for layer in (preset, {k: v for k, v in user.items() if k != "preset"}):
         for k, v in layer.items():
             if k in ("model", "data"):
@@ -162,6 +168,10 @@ def resolve_config(model_cls, dataset_name: str, file_cfg: dict | None = None,
     for k in ("epochs", "batch_size", "eval_step", "eval_batch_size"):
         if cfg[k] < 1:
             raise ConfigError(f"{k}={cfg[k]}: must be at least 1")
+    if cfg["valid_round"] is not None and not 0 <= cfg["valid_round"] <= 15:
+        raise ConfigError(f"valid_round={cfg['valid_round']}: give 0..15 decimals, or null to "
+                          f"compare raw floats")
+    cfg["modalities"] = [str(m) for m in cfg["modalities"]]
     return cfg
 
 

@@ -10,6 +10,7 @@ Splits are held as CSR matrices of shape (n_users, n_items) with binary values.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import pathlib
 import warnings
@@ -49,6 +50,10 @@ class Dataset:
     path: pathlib.Path | None = None
     #: items of an item cold-start split (``cold_items.txt`` beside the .inter file), if any
     cold_items: np.ndarray | None = None
+    #: (users, items, labels) of the validation/test rows of users with no training row, which
+    #: loading leaves out of ``valid``/``test`` (MMRec); :meth:`with_users_without_train` puts
+    #: them back (MMHCL evaluates them)
+    heldout_of_users_without_train: tuple | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ builders
     @classmethod
@@ -64,6 +69,34 @@ class Dataset:
             sel = labels == lab
             mats.append(_binary_csr(users[sel], items[sel], n_users, n_items))
         return cls(name, n_users, n_items, *mats, features=dict(features or {}), path=path)
+
+    # ------------------------------------------------------------------ variants
+    def select_modalities(self, names) -> "Dataset":
+        """A view with only the modalities ``names``, in that order."""
+        names = [str(n) for n in names]
+        missing = [n for n in names if n not in self.features]
+        if missing:
+            raise DataError(f"modalities {missing} not in dataset {self.name!r}; it has "
+                            f"{self.modalities or 'none'} (files <name>.npy beside the .inter file)")
+        if len(set(names)) != len(names):
+            raise DataError(f"modalities {names}: a modality is named twice")
+        return dataclasses.replace(self, features={n: self.features[n] for n in names})
+
+    def with_users_without_train(self) -> "Dataset":
+        """The dataset with the held-out rows of users without training rows restored."""
+        rows = self.heldout_of_users_without_train
+        if rows is None or len(rows[0]) == 0:
+            return self
+        users, items, labels = rows
+        mats = {}
+        for name, lab in (("valid", VALID), ("test", TEST)):
+            sel = labels == lab
+            extra = _binary_csr(users[sel], items[sel], self.n_users, self.n_items)
+            m = (self.split(name) + extra).tocsr()
+            m.data[:] = 1.0
+            m.sort_indices()
+            mats[name] = m
+        return dataclasses.replace(self, heldout_of_users_without_train=None, **mats)
 
     # ------------------------------------------------------------------ views
     def split(self, which: str) -> sp.csr_matrix:
@@ -224,11 +257,12 @@ def stack_splits(read, directory: pathlib.Path, files) -> tuple[np.ndarray, np.n
     return np.concatenate(us), np.concatenate(its), np.concatenate(labs)
 
 
-def clean_interactions(users, items, labels, source="interactions"):
+def clean_interactions(users, items, labels, source="interactions", *, return_dropped=False):
     """Drop duplicate (user, item) pairs and held-out rows of users with no training row.
 
     Both are warned about (protocol §1.1: ``filter_out_cod_start_users``). A duplicate keeps its
-    first occurrence in file order.
+    first occurrence in file order. ``return_dropped`` also returns the (users, items, labels)
+    of the held-out rows dropped for want of training rows.
     """
     n_items = int(items.max()) + 1
     key = users * n_items + items
@@ -240,11 +274,15 @@ def clean_interactions(users, items, labels, source="interactions"):
                       f"(kept the first occurrence of each pair).", stacklevel=2)
         users, items, labels = users[keep], items[keep], labels[keep]
     cold = heldout_without_train(users, labels)
+    dropped = (users[cold], items[cold], labels[cold])
     if cold.any():
-        warnings.warn(f"{source}: dropped {int(cold.sum())} validation/test rows of "
-                      f"{len(np.unique(users[cold]))} users with no training row "
-                      f"(protocol §1.1, filter_out_cod_start_users).", stacklevel=2)
+        warnings.warn(f"{source}: left {int(cold.sum())} validation/test rows of "
+                      f"{len(np.unique(users[cold]))} users with no training row out of "
+                      f"evaluation (MMRec's filter_out_cod_start_users; set "
+                      f"keep_users_without_train: true to evaluate them, as MMHCL).", stacklevel=2)
         users, items, labels = users[~cold], items[~cold], labels[~cold]
+    if return_dropped:
+        return users, items, labels, dropped
     return users, items, labels
 
 
@@ -278,19 +316,29 @@ def load_features(directory: pathlib.Path, n_items: int) -> dict[str, np.ndarray
             for f in sorted(pathlib.Path(directory).glob("*_feat.npy"))}
 
 
-def load_dataset(directory, *, with_features: bool = True) -> Dataset:
-    """Load and validate a dataset folder; raise :class:`DataError` with the fix on bad input."""
+def load_dataset(directory, *, with_features: bool = True,
+                 keep_users_without_train: bool = False) -> Dataset:
+    """Load and validate a dataset folder; raise :class:`DataError` with the fix on bad input.
+
+    Held-out rows of users with no training row are left out of ``valid``/``test`` (MMRec) and
+    kept aside; ``keep_users_without_train=True`` evaluates them (MMHCL's population), as does
+    the configuration key of the same name.
+    """
     directory = pathlib.Path(directory)
     inter = find_inter_file(directory)
     users, items, labels = read_inter(inter)
     n_users, n_items = int(users.max()) + 1, int(items.max()) + 1
-    users, items, labels = clean_interactions(users, items, labels, source=str(inter))
+    users, items, labels, dropped = clean_interactions(users, items, labels, source=str(inter),
+                                                       return_dropped=True)
     if not (labels == TRAIN).any():
         raise DataError(f"{inter}: the training split is empty (no row has x_label 0). Label the "
                         f"training interactions 0, validation 1 and test 2.")
     feats = load_features(directory, n_items) if with_features else {}
     data = Dataset.from_arrays(users, items, labels, n_users, n_items, feats,
                                name=inter.stem, path=directory)
+    data.heldout_of_users_without_train = dropped
+    if keep_users_without_train:
+        data = data.with_users_without_train()
     cold = directory / "cold_items.txt"
     if cold.exists():
         data.cold_items = np.loadtxt(cold, dtype=np.int64, ndmin=1)

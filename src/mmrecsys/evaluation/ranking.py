@@ -7,9 +7,16 @@ metrics. Peak memory is a few (B, n_items) blocks, whatever the number of users.
 Masking (protocol §4.1): the user's *training* items are always masked. With
 ``mask_valid_at_test`` the validation items are masked too when the test split is evaluated (off
 by default, as MMRec).
+
+Stochastic inference. A model whose ``stochastic_inference`` attribute is true (LGMRec draws
+Gumbel noise at inference, as its official ``full_sort_predict``) is run once per block of
+``chunk_size`` users, each block with its own draw, as the official code re-runs the forward
+pass for every evaluation batch. The draws come from a private generator state seeded by
+``seed`` (see :func:`eval_seed`), so a pass is repeatable and leaves the global RNG untouched.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,11 +60,66 @@ def _hits(target: sp.csr_matrix, rows: np.ndarray, top: torch.Tensor, n_items: i
     return (keys[pos] == q.reshape(-1)).reshape(top.shape)
 
 
+def mask_name(split: str, mask_valid_at_test: bool = False) -> str:
+    """Which interactions are masked when ``split`` is ranked: "train" or "train+valid"."""
+    return "train+valid" if split == "test" and mask_valid_at_test else "train"
+
+
 def mask_matrix(data: Dataset, split: str, mask_valid_at_test: bool = False) -> sp.csr_matrix:
-    mask = data.train
-    if split == "test" and mask_valid_at_test:
-        mask = (data.train + data.valid).tocsr()
-    return mask
+    if mask_name(split, mask_valid_at_test) == "train+valid":
+        return (data.train + data.valid).tocsr()
+    return data.train
+
+
+_SPLIT_CODES = {"valid": 1, "test": 2, "recommend": 3}
+
+
+def eval_seed(seed: int, epoch: int, split: str) -> int:
+    """The seed of the inference noise of one evaluation pass (``split`` at ``epoch``).
+
+    Independent streams per (run seed, epoch, split), so validation and test draw independently
+    (as the official LGMRec code's separate passes do) and any pass can be replayed exactly
+    (``mmrecsys evaluate`` replays the best epoch's test pass).
+    """
+    state = np.random.SeedSequence([int(seed) % 2 ** 63, int(epoch) + 1, _SPLIT_CODES[split]])
+    return int(state.generate_state(1, dtype=np.uint64)[0] % 2 ** 63)
+
+
+def is_stochastic(model) -> bool:
+    """Does ``model`` draw random numbers at inference (e.g. LGMRec's Gumbel noise)?"""
+    return bool(getattr(model, "stochastic_inference", False))
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None, device=None):
+    """Run a block with torch's RNG seeded by ``seed`` and restore the previous state after.
+
+    ``seed=None`` leaves the RNG alone. Forks the CUDA generator of ``device`` too.
+    """
+    if seed is None:
+        yield
+        return
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type == "cuda":
+        ctx = torch.random.fork_rng(devices=[dev], device_type="cuda")
+    else:
+        ctx = torch.random.fork_rng(devices=[])
+    with ctx:
+        torch.manual_seed(seed)
+        yield
+
+
+@torch.no_grad()
+def representations(model, seed: int | None = None):
+    """``model.representations()`` in eval mode, with inference noise (if any) drawn from ``seed``."""
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    try:
+        with seeded(seed if is_stochastic(model) else None, dev):
+            return model.representations()
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
@@ -83,7 +145,7 @@ class Ranking:
     """Top-K lists of a set of users (sorted ids) under one mask; reusable across splits."""
     users: np.ndarray       # (n,) sorted user ids
     top: torch.Tensor       # (n, K) ranked item ids
-    mask_id: int            # id() of the mask matrix it was ranked under
+    mask: str               # the mask it was ranked under (see :func:`mask_name`)
 
     def rows_of(self, users: np.ndarray) -> torch.Tensor | None:
         if len(users) == 0:
@@ -95,23 +157,34 @@ class Ranking:
 
 
 @torch.no_grad()
-def rank_users(model, data: Dataset, users: np.ndarray, k: int, mask: sp.csr_matrix, *,
-               reps=None, chunk_size: int = 4096, device=None) -> Ranking:
-    """Rank all items for ``users`` (masked items excluded) once; keep the top ``k``."""
+def rank_users(model, data: Dataset, users: np.ndarray, k: int, mask: str = "train", *,
+               reps=None, chunk_size: int = 4096, device=None, seed: int | None = None) -> Ranking:
+    """Rank all items for ``users`` (items of ``mask`` excluded) once; keep the top ``k``.
+
+    A stochastic model (see module docstring) is run once per block of ``chunk_size`` users,
+    with noise drawn from ``seed``; ``reps`` is then ignored.
+    """
     users = np.unique(np.asarray(users, dtype=np.int64))
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    mask_m = data.train if mask == "train" else mask_matrix(data, "test", True)
+    stochastic = is_stochastic(model)
     was_training = model.training
     model.eval()
     try:
-        if reps is None:
-            reps = model.representations()
-        tops = [top for _, _, top in rank_topk(lambda u: model.score(u, reps), users, data.n_items,
-                                               mask, k, chunk_size, device)]
+        with seeded(seed if stochastic else None, device):
+            if reps is None and not stochastic:
+                reps = model.representations()
+            if stochastic:  # a fresh forward pass (fresh noise) for every block of users
+                score = lambda u: model.score(u, model.representations())  # noqa: E731
+            else:
+                score = lambda u: model.score(u, reps)  # noqa: E731
+            tops = [top for _, _, top in rank_topk(score, users, data.n_items, mask_m, k,
+                                                   chunk_size, device)]
     finally:
         model.train(was_training)
     top = torch.cat(tops) if tops else torch.empty((0, k), dtype=torch.long, device=device)
-    return Ranking(users, top, id(mask))
+    return Ranking(users, top, mask)
 
 
 def heldout_users(data: Dataset, splits=("valid", "test")) -> np.ndarray:
@@ -122,7 +195,8 @@ def heldout_users(data: Dataset, splits=("valid", "test")) -> np.ndarray:
 def evaluate(model, data: Dataset, split: str = "test", topk=DEFAULT_TOPK, *,
              mask_valid_at_test: bool = False, item_subset=None, users=None, reps=None,
              ranking: Ranking | None = None, chunk_size: int = 4096, metrics=METRICS,
-             extra_metrics=(), keep_topk: bool = False, device=None) -> EvalResult:
+             extra_metrics=(), keep_topk: bool = False, device=None,
+             seed: int | None = None) -> EvalResult:
     """Evaluate ``model`` on ``split`` by full ranking over all items.
 
     Args:
@@ -133,6 +207,7 @@ def evaluate(model, data: Dataset, split: str = "test", topk=DEFAULT_TOPK, *,
         ranking: a :class:`Ranking` computed under the same mask (e.g. shared by the validation
             and test passes, whose masks are equal by default); recomputed when it does not fit.
         keep_topk: keep the (n_eval, K_max) ranked lists in the result.
+        seed: seed of the inference noise of a stochastic model (ignored by others).
     """
     target = data.split(split)
     if item_subset is not None:
@@ -145,13 +220,13 @@ def evaluate(model, data: Dataset, split: str = "test", topk=DEFAULT_TOPK, *,
     eval_users = eval_users[n_pos_all[eval_users] > 0]
     topk = sorted(set(int(k) for k in topk))
     k_max = max(topk)
-    mask = mask_matrix(data, split, mask_valid_at_test)
+    mask = mask_name(split, mask_valid_at_test)
     top_all = None
-    if ranking is not None and ranking.mask_id == id(mask) and ranking.top.shape[1] >= k_max:
+    if ranking is not None and ranking.mask == mask and ranking.top.shape[1] >= k_max:
         top_all = ranking.rows_of(eval_users)
     if top_all is None:
         top_all = rank_users(model, data, eval_users, k_max, mask, reps=reps,
-                             chunk_size=chunk_size, device=device).top
+                             chunk_size=chunk_size, device=device, seed=seed).top
     top_all = top_all[:, :k_max]
     per_user: dict[str, list] = {}
     for start in range(0, len(eval_users), chunk_size):

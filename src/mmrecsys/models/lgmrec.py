@@ -75,9 +75,14 @@ Exact reformulations used for speed (the math is unchanged, only float rounding 
 Everything else (the full-graph forward with fresh noise and dropout at every step, float32,
 the sum-reduced one-directional HCL) is as in the official code.
 
-Deviation, declared (spec §10): :meth:`representations` runs the forward pass once per
-evaluation pass (valid or test), not once per batch of 4096 evaluated users, so all users of a
-pass share one Gumbel sample. ``deterministic_inference=True`` removes the noise at inference.
+Inference, as the official ``full_sort_predict``: dropout off, Gumbel noise on; the evaluator
+re-runs the forward pass for every block of ``eval_batch_size`` (4096) users, each with its own
+draw, and validation and test are separate passes with independent draws. The draws come from
+a seed per pass (``mmrecsys.evaluation.eval_seed(seed, epoch, split)``) instead of the global
+RNG stream, so ``mmrecsys evaluate`` replays the reported test pass exactly and ``recommend`` /
+``serve`` answer the same request identically every time (they use the best epoch's test-pass
+seed, one draw for all users). ``deterministic_inference=True`` removes the noise at inference
+(plain softmax(S/τ)); training is unchanged either way.
 """
 from __future__ import annotations
 
@@ -396,6 +401,11 @@ class LGMRec(Recommender):
         return {"bpr": bpr,
                 "hcl": self.cl_weight * self.hcl_loss(global_parts, users, pos),
                 "reg": self.reg_weight * emb_loss(u, i, j)}
+
+    @property
+    def stochastic_inference(self) -> bool:
+        """Inference draws Gumbel noise (the official behaviour) unless deterministic_inference."""
+        return not self.deterministic_inference
 
     def representations(self):
         user_repr, item_repr, _ = self.forward()

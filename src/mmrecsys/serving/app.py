@@ -10,24 +10,18 @@ Endpoints: ``GET /health``, ``GET /recommend?user=U&k=10``, ``POST /recommend``
 import numpy as np
 import torch
 
-from ..evaluation.ranking import rank_topk
+from ..evaluation.ranking import rank_topk, representations
 
 
 class Recommender:
     """Top-K answers from a loaded model and its dataset (no HTTP: usable from Python)."""
 
-    def __init__(self, model, data, run_dir=None):
+    def __init__(self, model, data, run_dir=None, seed: int | None = None):
+        """``seed``: the inference noise of a stochastic model (LGMRec) is drawn once from it."""
         self.model, self.data, self.run_dir = model, data, str(run_dir) if run_dir else None
         self.device = next(model.parameters()).device
-        with torch.no_grad():
-            model.eval()
-            self.reps = model.representations()
-
-    @classmethod
-    def from_run(cls, run_dir, data=None, device="cpu"):
-        from ..cli import _load_run
-        model, _, ds = _load_run(run_dir, data, device)
-        return cls(model, ds, run_dir)
+        model.eval()
+        self.reps = representations(model, seed)
 
     def check_users(self, users) -> np.ndarray:
         u = np.asarray(users, dtype=np.int64).ravel()

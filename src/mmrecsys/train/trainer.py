@@ -1,11 +1,20 @@
 """The shared trainer: sampling → step → scheduled lr → evaluation → early stopping → run files.
 
-Protocol §3.4–3.5: Adam(W) with ``lr_e = lr · a^(e/b)`` stepped per epoch; validation every
-``eval_step`` epochs; an evaluation improves when one of ``valid_metrics`` (rounded to 4
-decimals) is strictly above its running maximum; training stops when the number of consecutive
-non-improving evaluations exceeds ``patience``. Test is evaluated only when validation improves
-(the reported numbers equal MMRec's test-at-best-validation, at half the cost), and the weights
-of that epoch are kept as the best weights.
+MMRec's loop (``enoche/MMRec``, ``src/common/trainer.py``): Adam(W) with ``lr_e = lr · a^(e/b)``
+stepped per epoch; validation every ``eval_step`` epochs; an evaluation improves when one of
+``valid_metrics`` is strictly above its running maximum, compared after rounding to
+``valid_round`` decimals (4 in MMRec and REARM; ``null`` compares raw floats, as MMHCL's
+``main.py``); training stops when the number of consecutive non-improving evaluations exceeds
+``patience``. Test is evaluated only when validation improves (the reported numbers equal
+MMRec's test-at-best-validation, at half the cost), and the weights of that epoch are kept as
+the best weights. A run that would end without any evaluation (fewer epochs than
+``eval_step``) evaluates its last epoch.
+
+One ranking per reported result: the best epoch's test pass produces the test metrics, the
+per-group and item-subset reports and ``topk_test.tsv`` together; nothing is re-ranked after
+training. Each evaluation pass draws the inference noise of a stochastic model (LGMRec) from
+its own seed, ``eval_seed(seed, epoch, split)``, so ``mmrecsys evaluate`` replays the best
+test pass exactly.
 
 A run directory receives ``config.yaml``, ``history.csv``, ``best.pt`` (weights), ``last.pt``
 (everything needed to resume: weights, optimiser, scheduler, RNG states, stopping state),
@@ -29,9 +38,8 @@ from tqdm.auto import tqdm
 
 from ..config import dump_yaml, model_kwargs, resolve_config
 from ..data import Dataset
-from ..evaluation import (Ranking, evaluate, heldout_users, items_with_train_degree, rank_users,
-                          user_group_report)
-from ..evaluation.ranking import mask_matrix
+from ..evaluation import (EvalResult, Ranking, eval_seed, evaluate, heldout_users, is_stochastic,
+                          items_with_train_degree, mask_name, rank_users, user_group_report)
 from ..graphs import GraphCache
 from ..graphs.cache import default_cache_dir
 from ..io import atomic_torch_save, atomic_write_json, atomic_write_text
@@ -73,18 +81,24 @@ def _optimizer(model, cfg):
 
 
 class EarlyStopping:
-    """Running maxima of the validation metrics (rounded to 4 decimals) and a patience counter."""
+    """Running maxima of the validation metrics and a patience counter.
 
-    def __init__(self, metrics, patience):
+    An evaluation improves when any metric, rounded to ``round_to`` decimals (``None``: raw
+    floats), is strictly above its running maximum (initially −1). Stop once more than
+    ``patience`` consecutive evaluations did not improve.
+    """
+
+    def __init__(self, metrics, patience, round_to: int | None = 4):
         self.metrics = list(metrics)
         self.patience = patience
+        self.round_to = round_to
         self.best = {m: -1.0 for m in self.metrics}
         self.bad = 0
 
     def update(self, valid: dict) -> bool:
         improved = False
         for m in self.metrics:
-            v = round(valid[m], 4)
+            v = float(valid[m]) if self.round_to is None else round(valid[m], self.round_to)
             if v > self.best[m]:
                 self.best[m] = v
                 improved = True
@@ -100,6 +114,76 @@ class EarlyStopping:
 
     def load_state_dict(self, s):
         self.best, self.bad = dict(s["best"]), s["bad"]
+
+
+def prepare_data(data: Dataset, cfg: dict) -> Dataset:
+    """The dataset as a run sees it: modality selection and evaluation population.
+
+    ``modalities`` (a list of names; empty = all, sorted by file name) selects and orders the
+    feature matrices; ``keep_users_without_train`` restores the held-out rows of users with no
+    training row that loading dropped (the MMHCL population).
+    """
+    if cfg.get("keep_users_without_train"):
+        data = data.with_users_without_train()
+    if cfg.get("modalities"):
+        data = data.select_modalities(cfg["modalities"])
+    return data
+
+
+class EpochEvaluator:
+    """The evaluation passes of one epoch's weights: ``ev("valid")``, ``ev("test")``.
+
+    A deterministic model ranks every held-out user once and both splits read that ranking
+    (their masks are equal unless ``mask_valid_at_test``). A stochastic model (LGMRec) ranks
+    each split in its own pass with its own noise seed, ``eval_seed(seed, epoch, split)``, as the
+    official code runs validation and test separately. ``mmrecsys evaluate`` builds the same
+    evaluator for the best epoch, so it reproduces the reported test metrics exactly.
+    """
+
+    def __init__(self, net, data: Dataset, cfg: dict, epoch: int, device=None):
+        self.net, self.data, self.cfg, self.epoch, self.device = net, data, cfg, epoch, device
+        self.kw = dict(topk=cfg["topk"], mask_valid_at_test=cfg["mask_valid_at_test"],
+                       chunk_size=cfg["eval_batch_size"], extra_metrics=cfg["extra_metrics"])
+        self._shared: Ranking | None = None
+
+    def __call__(self, split: str, keep_topk: bool = False) -> EvalResult:
+        ranking = None
+        if not is_stochastic(self.net) and not self.cfg["mask_valid_at_test"]:
+            if self._shared is None:
+                self._shared = rank_users(self.net, self.data, heldout_users(self.data),
+                                          max(self.cfg["topk"]), "train",
+                                          chunk_size=self.cfg["eval_batch_size"],
+                                          device=self.device)
+            ranking = self._shared
+        return evaluate(self.net, self.data, split, ranking=ranking, keep_topk=keep_topk,
+                        seed=eval_seed(self.cfg["seed"], self.epoch, split), device=self.device,
+                        **self.kw)
+
+
+def item_subsets(data: Dataset) -> dict[str, np.ndarray]:
+    """Named item subsets reported beside the test metrics (when the data has them)."""
+    out = {}
+    sparse = items_with_train_degree(data, 1, 2)
+    if len(sparse):
+        out["test_items_1_2_train"] = sparse
+    for key, attr in (("test_new_items", "new_items"), ("test_cold_items", "cold_items")):
+        ids = getattr(data, attr, None)
+        if ids is not None and len(ids):
+            out[key] = np.asarray(ids, dtype=np.int64)
+    return out
+
+
+def reports_of_test_pass(net, data: Dataset, cfg: dict, result: EvalResult) -> dict[str, Any]:
+    """Per-group and item-subset reports read from one test pass's ranked lists (no re-ranking)."""
+    ranking = Ranking(result.users, torch.as_tensor(result.topk),
+                      mask_name("test", cfg["mask_valid_at_test"]))
+    kw = dict(topk=cfg["topk"], mask_valid_at_test=cfg["mask_valid_at_test"],
+              chunk_size=cfg["eval_batch_size"], extra_metrics=cfg["extra_metrics"])
+    report: dict[str, Any] = {"test_user_groups": user_group_report(result, data)}
+    for key, items in item_subsets(data).items():
+        r = evaluate(net, data, "test", item_subset=items, ranking=ranking, **kw)
+        report[key] = {"users": int(len(r.users)), "items": int(len(items)), **r.metrics}
+    return report
 
 
 def _fmt(d: dict, keys=("recall@20", "ndcg@20")) -> str:
@@ -124,12 +208,13 @@ def fit(data: Dataset, model: str | None = None, overrides: dict | None = None, 
     if max(cfg["topk"]) > data.n_items:
         raise ValueError(f"topk {cfg['topk']} asks for lists longer than the {data.n_items} items of "
                          f"{data.name}; lower it, e.g. --set topk=[5,10]")
+    log = log or (lambda *a, **k: None)
+    data = prepare_data(data, cfg)
     dev = resolve_device(device)
     run = pathlib.Path(run_dir) if run_dir is not None else None
     if run is not None:
         run.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run / "config.yaml", dump_yaml(cfg))
-    log = log or (lambda *a, **k: None)
 
     seed_everything(cfg["seed"])
     t_build = time.perf_counter()
@@ -139,11 +224,9 @@ def fit(data: Dataset, model: str | None = None, overrides: dict | None = None, 
     sampler = make_sampler(data, cfg["sampler"], cfg["batch_size"], cfg["negatives_from"],
                            cfg["neg_exclude_heldout"])
     rng = np.random.default_rng(cfg["seed"])
-    stopper = EarlyStopping(cfg["valid_metrics"], cfg["patience"])
-    eval_kw = dict(topk=cfg["topk"], mask_valid_at_test=cfg["mask_valid_at_test"],
-                   chunk_size=cfg["eval_batch_size"], extra_metrics=cfg["extra_metrics"])
+    stopper = EarlyStopping(cfg["valid_metrics"], cfg["patience"], cfg["valid_round"])
     history: list[dict] = []
-    best = {"epoch": -1, "valid": None, "test": None}
+    best: dict[str, Any] = {"epoch": -1, "valid": None, "test": None, "report": {}}
     best_state = None
     start_epoch = 0
     stopped_early = False
@@ -158,6 +241,7 @@ def fit(data: Dataset, model: str | None = None, overrides: dict | None = None, 
         random.setstate(ck["python_rng"])
         stopper.load_state_dict(ck["stopper"])
         history, best, start_epoch = ck["history"], ck["best"], ck["epoch"] + 1
+        best.setdefault("report", {})
         stopped_early = bool(ck.get("stopped_early", False))
         if (run / "best.pt").exists():
             best_state = torch.load(run / "best.pt", weights_only=False, map_location=dev)
@@ -168,6 +252,13 @@ def fit(data: Dataset, model: str | None = None, overrides: dict | None = None, 
         raise FileExistsError(f"{run} already holds a run; pass --resume to continue it or "
                               f"choose another --out directory")
 
+    preset = cfg.get("preset", "none")
+    log(f"preset: {preset}" if preset != "none" else
+        f"preset: none (no preset of {cfg['model']} matches dataset {data.name!r})")
+    if data.features:
+        log("modalities: " + ", ".join(f"{m} ({x.shape[1]}-d)" for m, x in data.features.items()))
+    else:
+        log("modalities: none")
     log(f"{type(net).__name__} on {data.name}: {sum(p.numel() for p in net.parameters()):,} "
         f"parameters, device {dev}, built in {build_seconds:.1f}s")
     epochs_bar = tqdm(range(start_epoch, cfg["epochs"]), desc="epochs", disable=not progress,
@@ -205,19 +296,22 @@ def fit(data: Dataset, model: str | None = None, overrides: dict | None = None, 
             finished = True
             break
         msg = f"epoch {epoch:4d} | loss {total_loss:.4f} | train {train_seconds:.2f}s"
-        if (epoch + 1) % cfg["eval_step"] == 0:
+        evaluated_before = any("eval_seconds" in r for r in history)
+        if (epoch + 1) % cfg["eval_step"] == 0 or (epoch + 1 == cfg["epochs"] and not evaluated_before):
             t1 = time.perf_counter()
-            # one ranking serves both passes (their masks are equal unless mask_valid_at_test)
-            ranking = rank_users(net, data, heldout_users(data), max(cfg["topk"]), data.train,
-                                 chunk_size=cfg["eval_batch_size"], device=dev)
-            valid = evaluate(net, data, "valid", ranking=ranking, **eval_kw).metrics
+            ev = EpochEvaluator(net, data, cfg, epoch, dev)
+            valid = ev("valid").metrics
             improved = stopper.update(valid)
             if improved:
-                test = evaluate(net, data, "test", ranking=ranking, **eval_kw).metrics
-                best = {"epoch": epoch, "valid": valid, "test": test}
+                test_res = ev("test", keep_topk=True)
+                best = {"epoch": epoch, "valid": valid, "test": test_res.metrics,
+                        "report": reports_of_test_pass(net, data, cfg, test_res)}
                 best_state = copy.deepcopy(net.state_dict())
-                if run is not None:
+                if run is not None:  # the best weights, their ranked lists and metrics together
                     atomic_torch_save(run / "best.pt", best_state)
+                    write_topk(run / "topk_test.tsv", test_res)
+                    atomic_write_json(run / "metrics.json", summarize(
+                        cfg, data, best, len(history) + 1, False, build_seconds, fp))
             eval_seconds = time.perf_counter() - t1
             row.update({f"valid_{k}": v for k, v in valid.items()})
             row["eval_seconds"] = round(eval_seconds, 3)
@@ -244,39 +338,22 @@ def fit(data: Dataset, model: str | None = None, overrides: dict | None = None, 
 
     if best_state is not None:
         net.load_state_dict(best_state)
-    summary = {"model": cfg["model"], "dataset": data.name, "best_epoch": best["epoch"],
-               "epochs_run": len(history), "stopped_early": stopped_early,
-               "valid": best["valid"], "test": best["test"],
-               "graph_build_seconds": round(build_seconds, 3),
-               "dataset_fingerprint": fp}
+    summary = summarize(cfg, data, best, len(history), stopped_early, build_seconds, fp)
     if run is not None:
         _write_history(run / "history.csv", history)
-        report = final_report(net, data, cfg)
-        summary.update(report["summary"])
         atomic_write_json(run / "metrics.json", summary)
-        write_topk(run / "topk_test.tsv", report["test_result"])
     log(f"best epoch {best['epoch']}: valid {_fmt(best['valid'] or {})} | test "
         f"{_fmt(best['test'] or {})}")
     return {**summary, "history": history, "model": net, "config": cfg, "run_dir": run}
 
 
-def final_report(net, data: Dataset, cfg: dict) -> dict:
-    """Test pass of the best weights with per-group breakdowns and the ranked lists."""
-    kw = dict(topk=cfg["topk"], mask_valid_at_test=cfg["mask_valid_at_test"],
-              chunk_size=cfg["eval_batch_size"])
-    res = evaluate(net, data, "test", keep_topk=True, **kw)
-    ranking = Ranking(res.users, torch.as_tensor(res.topk),
-                      id(mask_matrix(data, "test", cfg["mask_valid_at_test"])))
-    summary: dict[str, Any] = {"test_user_groups": user_group_report(res, data)}
-    sparse_items = items_with_train_degree(data, 1, 2)
-    if len(sparse_items):
-        r = evaluate(net, data, "test", item_subset=sparse_items, ranking=ranking, **kw)
-        summary["test_items_1_2_train"] = {"users": int(len(r.users)), **r.metrics}
-    cold = getattr(data, "cold_items", None)
-    if cold is not None and len(cold):
-        r = evaluate(net, data, "test", item_subset=cold, ranking=ranking, **kw)
-        summary["test_cold_items"] = {"users": int(len(r.users)), "items": int(len(cold)), **r.metrics}
-    return {"summary": summary, "test_result": res}
+def summarize(cfg, data, best, epochs_run, stopped_early, build_seconds, fingerprint) -> dict:
+    """The content of metrics.json."""
+    return {"model": cfg["model"], "dataset": data.name, "best_epoch": best["epoch"],
+            "epochs_run": epochs_run, "stopped_early": stopped_early,
+            "valid": best["valid"], "test": best["test"],
+            "graph_build_seconds": round(build_seconds, 3),
+            "dataset_fingerprint": fingerprint, **best["report"]}
 
 
 def write_topk(path, result) -> None:
