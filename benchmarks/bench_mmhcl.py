@@ -99,11 +99,12 @@ def part_synthetic(args, cache):
 
 def part_cold(args, cache):
     base = make_synthetic()
-    data, cold = cold_split(base, share=0.2, seed=0)
+    data, cold = cold_split(base)        # the official protocol: share 0.2, seed 123
     rep = data.cold_split_report
-    say(f"[cold] {rep['cold_items']} cold items of {rep['items_with_interactions']}, "
-        f"{rep['moved_rows']} rows moved ({rep['moved_train_rows']} from train), "
-        f"users lost {rep['users_lost']}")
+    say(f"[cold] {rep['cold_items']} cold items of {rep['items_with_interactions']} "
+        f"({rep['valid_items']} valid, {rep['test_items']} test), "
+        f"{rep['rows_moved_from_train']} rows moved out of train, "
+        f"{rep['users_without_train']} users without training rows")
     ch = chance_recall(data, "test", cold)
     out = {"split": rep, "chance_recall@20": ch}
     out["chance_recall@20_cold_candidates"] = min(20, len(cold)) / len(cold)

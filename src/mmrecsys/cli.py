@@ -280,17 +280,36 @@ def import_(src, out, fmt, name):
 
 @data.command(name="cold-split")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
-@click.option("--out", "-o", required=True, type=click.Path())
-@click.option("--share", default=0.2, show_default=True, help="Share of items made cold.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--out", "-o", required=True, type=click.Path(), help="Output folder.")
+@click.option("--share", default=0.2, type=float, show_default=True,
+              help="Share of the items made cold (half test, half validation).")
+@click.option("--seed", default=123, type=int, show_default=True,
+              help="Seed of NumPy's legacy generator (123: the official split).")
 def cold_split_cmd(directory, out, share, seed):
-    """Make an item cold-start split: a share of items keeps no training interaction."""
-    from .data.cold import cold_split, write_cold_split
-    ds = _load_data(directory)
-    new, cold = cold_split(ds, share=share, seed=seed)
-    path = write_cold_split(new, cold, out)
-    click.echo(f"wrote {path}: {len(cold)} cold items ({share:.0%}), evaluated on valid/test")
-
+    """Item cold-start split of LATTICE/MMHCL (data/cold_start.py): int(share·n) items drawn with
+    the seed keep no training row; the first half of the drawn list is test, the second half
+    validation; every row of the other items is training."""
+    from .data import DataError
+    from .data.cold import cold_split, load_all_rows, write_cold_split
+    if pathlib.Path(out).resolve() == pathlib.Path(directory).resolve():
+        _fail(f"--out {out} is the input folder; write the split to a new folder")
+    try:
+        ds = load_all_rows(directory)
+        new, cold = cold_split(ds, share=share, seed=seed)
+        path = write_cold_split(new, cold, out)
+    except (DataError, ValueError) as e:
+        _fail(str(e))
+    r = new.cold_split_report
+    click.echo(f"wrote {path}: {r['cold_items']} cold items of {r['items_with_interactions']} "
+               f"(share {share:g}, seed {seed}): {r['valid_items']} validation, "
+               f"{r['test_items']} test items")
+    click.echo(f"rows: train {r['train_rows']:,}, valid {r['valid_rows']:,}, test {r['test_rows']:,}"
+               f" ({r['rows_moved_from_train']:,} moved out of train, "
+               f"{r['rows_moved_to_train']:,} held-out rows of warm items moved into train)")
+    if r["users_without_train"]:
+        click.echo(f"{r['users_without_train']:,} users have only cold items (no training row); "
+                   f"their {r['heldout_rows_of_users_without_train']:,} held-out rows are written, "
+                   f"and dropped with a warning when the folder is loaded")
 
 if __name__ == "__main__":
     main()
