@@ -214,6 +214,10 @@ def models(name):
         click.echo(f"{k}: {cls.train_defaults.get(k, v)!r} {mark}")
     if cls.presets:
         click.echo(f"# presets: {', '.join(cls.presets)}")
+    if cls.notes:
+        import textwrap
+        click.echo("# notes\n" + textwrap.fill(cls.notes, 96, initial_indent="# ",
+                                                subsequent_indent="# "))
 
 
 # ---------------------------------------------------------------------------- data

@@ -39,6 +39,8 @@ class Recommender(nn.Module):
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     #: a model that needs at least one modality feature matrix
     requires_features: ClassVar[bool] = False
+    #: behaviour a user should know of, printed by ``mmrecsys models NAME``
+    notes: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -208,6 +208,11 @@ class LGMRec(Recommender):
 
     name = "lgmrec"
     requires_features = True
+    notes = ("Inference draws Gumbel noise, as the official full_sort_predict: one forward pass "
+             "per block of eval_batch_size users, each with its own draw; validation and test "
+             "are separate passes. The noise is seeded per (seed, epoch, split), so `evaluate` "
+             "replays the reported test pass and `recommend`/`serve` answer repeatably (the best "
+             "epoch's test seed). deterministic_inference=true removes the noise at inference.")
     train_defaults = {
         "epochs": 1000, "batch_size": 2048, "lr": 1e-3, "weight_decay": 0.0, "optimizer": "adam",
         "lr_scheduler": [1.0, 50], "eval_step": 1, "patience": 20, "seed": 999,

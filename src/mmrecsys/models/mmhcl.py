@@ -176,6 +176,10 @@ class MMHCL(Recommender):
 
     name = "mmhcl"
     requires_features = True
+    notes = ("Selection as the official main.py: an evaluation (every 5 epochs) improves when "
+             "Recall@20 or MMHCL's own NDCG@20 (ndcg_mmhcl) beats its best, raw floats "
+             "(valid_round: null). Its presets evaluate held-out users without training rows "
+             "(keep_users_without_train), as its data loader does.")
     train_defaults = {
         "sampler": "users", "negatives_from": "all_items", "batch_size": 1024, "lr": 1e-4,
         "lr_scheduler": [0.96, 50], "eval_step": 5, "patience": 5,
