@@ -255,10 +255,12 @@ def stats(directory):
 @click.option("--users", default=2000, show_default=True)
 @click.option("--items", default=1000, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-def synth(out, users, items, seed):
+@click.option("--new-item-share", default=0.15, show_default=True,
+              help="Share of new items (0-2 training rows each; listed in new_items.txt).")
+def synth(out, users, items, seed, new_item_share):
     """Write the generated synthetic dataset in the standard format."""
     from .data.synthetic import write_synthetic
-    path = write_synthetic(out, users, items, seed)
+    path = write_synthetic(out, users, items, seed, new_item_share=new_item_share)
     click.echo(f"wrote {path} ({users} users, {items} items, seed {seed})")
 
 

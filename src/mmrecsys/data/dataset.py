@@ -50,6 +50,8 @@ class Dataset:
     path: pathlib.Path | None = None
     #: items of an item cold-start split (``cold_items.txt`` beside the .inter file), if any
     cold_items: np.ndarray | None = None
+    #: new items, rarely shown, most of their interactions held out (``new_items.txt``), if any
+    new_items: np.ndarray | None = None
     #: (users, items, labels) of the validation/test rows of users with no training row, which
     #: loading leaves out of ``valid``/``test`` (MMRec); :meth:`with_users_without_train` puts
     #: them back (MMHCL evaluates them)
@@ -337,14 +339,16 @@ def load_dataset(directory, *, with_features: bool = True,
     data = Dataset.from_arrays(users, items, labels, n_users, n_items, feats,
                                name=inter.stem, path=directory)
     data.heldout_of_users_without_train = dropped
+    for attr, command in (("cold_items", "data cold-split"), ("new_items", "data synth")):
+        listed = directory / f"{attr}.txt"
+        if listed.exists():
+            ids = np.loadtxt(listed, dtype=np.int64, ndmin=1)
+            setattr(data, attr, ids)
+            if len(ids) and (ids.min() < 0 or ids.max() >= n_items):
+                raise DataError(f"{listed}: item ids must lie in 0..{n_items - 1}; regenerate it "
+                                f"with `mmrecsys {command}`.")
     if keep_users_without_train:
         data = data.with_users_without_train()
-    cold = directory / "cold_items.txt"
-    if cold.exists():
-        data.cold_items = np.loadtxt(cold, dtype=np.int64, ndmin=1)
-        if len(data.cold_items) and (data.cold_items.min() < 0 or data.cold_items.max() >= n_items):
-            raise DataError(f"{cold}: item ids must lie in 0..{n_items - 1}; regenerate it with "
-                            f"`mmrecsys data cold-split`.")
     return data
 
 
