@@ -1,0 +1,343 @@
+"""The public Python API: load data, fit a model, recommend, save and load.
+
+.. code-block:: python
+
+    import mmrecsys as mr
+    data = mr.load_dataset("data/baby")                 # or "synthetic"
+    model = mr.fit(data, "lgmrec", epochs=50, seed=1)   # keyword overrides = config keys
+    ids, scores = model.recommend([0, 7], k=10)         # (2, 10) arrays; training items excluded
+    ids, scores = model.similar_items([3], k=10)
+    model.metrics                                       # the same dict as metrics.json
+    model.save("runs/x"); model = mr.load("runs/x")     # a run directory
+
+The CLI and the web service are thin layers over this module. Nothing here prints or exits:
+progress goes to the ``mmrecsys`` logger (silent unless the application configures logging)
+and errors are exceptions (:class:`~mmrecsys.data.DataError`, :class:`~mmrecsys.config.ConfigError`,
+:class:`RunError`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import shutil
+import warnings
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from .config import load_yaml
+from .data import Dataset, DataError
+
+logger = logging.getLogger("mmrecsys")
+logger.addHandler(logging.NullHandler())
+
+#: keyword arguments of :func:`fit` that are not configuration keys
+_FIT_OPTIONS = ("out", "device", "progress", "config", "resume")
+
+
+class RunError(ValueError):
+    """A run directory is missing, incomplete or does not fit the data; the message says why."""
+
+
+class RecommendationWarning(UserWarning):
+    """Fewer items could be recommended than asked (e.g. a user has seen almost every item)."""
+
+
+def load_dataset(path="synthetic", **kwargs) -> Dataset:
+    """A dataset folder in the standard format, or ``"synthetic"`` (the embedded default).
+
+    Keyword arguments go to :func:`mmrecsys.data.load_dataset` (a folder) or
+    :func:`mmrecsys.data.synthetic.make_synthetic` (``"synthetic"``).
+    """
+    if path in (None, "", "synthetic"):
+        from .data.synthetic import make_synthetic
+        return make_synthetic(**kwargs)
+    from .data import load_dataset as _load
+    return _load(path, **kwargs)
+
+
+def fit(data: Dataset | str, model: str = "lightgcn", *, out=None, device: str = "auto",
+        progress: bool = False, config: dict | str | None = None, **overrides) -> "TrainedModel":
+    """Train ``model`` on ``data`` with early stopping; return the trained model.
+
+    Args:
+        data: a :class:`Dataset` or a path accepted by :func:`load_dataset`.
+        model: a registered model name (``mmrecsys models`` lists them).
+        out: optional run directory written during training (resumable, see the README).
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        progress: show progress bars (tqdm).
+        config: a mapping or YAML file of configuration keys (below the keyword overrides).
+        **overrides: configuration keys (``epochs=50``, ``seed=1``, ``lr=1e-3``, ...).
+    """
+    from .train.trainer import fit as _fit
+    if not isinstance(data, Dataset):
+        data = load_dataset(data)
+    file_cfg = load_yaml(config) if isinstance(config, (str, pathlib.Path)) else dict(config or {})
+    res = _fit(data, model, overrides, run_dir=out, device=device, progress=progress,
+               log=logger.info, file_cfg=file_cfg)
+    metrics = {k: v for k, v in res.items() if k not in ("history", "model", "config", "run_dir")}
+    return TrainedModel(res["model"], data, res["config"], metrics, res["history"],
+                        res["run_dir"])
+
+
+def load(run_dir, data: Dataset | str | None = None, device: str = "cpu") -> "TrainedModel":
+    """A trained model from a run directory (its best weights), on its own dataset or ``data``."""
+    from .train.trainer import build_model, prepare_data, resolve_device
+    run = pathlib.Path(run_dir)
+    if not (run / "config.yaml").is_file():
+        raise RunError(f"{run}: no config.yaml; not a run directory written by mmrecsys")
+    if not (run / "best.pt").is_file():
+        raise RunError(f"{run}: no best.pt; the run has not evaluated yet (train longer or resume it)")
+    try:
+        metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+        int(metrics["best_epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise RunError(f"{run}: metrics.json is missing or unreadable; it records the best epoch. "
+                       f"Re-run or resume the training.") from None
+    cfg = load_yaml(run / "config.yaml")
+    if data is None:
+        data = cfg.get("data")
+    try:
+        ds = data if isinstance(data, Dataset) else load_dataset(data)
+    except DataError as e:
+        raise DataError(f"{e}\n(the run's dataset; pass data=... (--data DIR) if it has moved)") from None
+    ds = prepare_data(ds, cfg)
+    dev = resolve_device(device)
+    net = build_model(ds, cfg, dev)
+    state = torch.load(run / "best.pt", map_location=dev, weights_only=True)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        raise RunError(f"{run}: best.pt does not fit model {cfg.get('model')} on dataset "
+                       f"{ds.name!r} ({str(e).splitlines()[0]}); pass the run's own dataset") from None
+    net.eval()
+    history = _read_history(run / "history.csv")
+    return TrainedModel(net, ds, cfg, metrics, history, run)
+
+
+def _read_history(path: pathlib.Path) -> list[dict]:
+    import csv
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [{k: _num(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def _num(v):
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return v
+    return int(f) if f.is_integer() and "." not in str(v) and "e" not in str(v).lower() else f
+
+
+class TrainedModel:
+    """A trained recommender with its dataset: ``recommend``, ``similar_items``, ``save``.
+
+    Attributes:
+        model: the ``torch.nn.Module`` (best weights, eval mode).
+        data: the :class:`Dataset` it was trained on (as the run saw it).
+        config: the resolved configuration (a flat dict).
+        metrics: the content of ``metrics.json`` (best epoch, valid and test metrics, reports).
+        history: one dict per epoch (losses, validation metrics, seconds).
+        run_dir: the run directory, if any.
+    """
+
+    def __init__(self, model, data: Dataset, config: dict, metrics: dict, history: list,
+                 run_dir=None):
+        from .evaluation import eval_seed, representations
+        self.model, self.data, self.config = model, data, config
+        self.metrics, self.history = metrics, history
+        self.run_dir = pathlib.Path(run_dir) if run_dir is not None else None
+        self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        best = metrics.get("best_epoch", -1)
+        # a stochastic model (LGMRec) answers from one draw: the best epoch's test-pass seed
+        self.seed = eval_seed(config["seed"], max(int(best), 0), "test")
+        model.eval()
+        self._reps = representations(model, self.seed)
+
+    def __repr__(self) -> str:
+        test = (self.metrics.get("test") or {}).get("recall@20")
+        return (f"TrainedModel({self.config['model']!r} on {self.data.name!r}, best epoch "
+                f"{self.metrics.get('best_epoch')}, test recall@20 "
+                f"{'n/a' if test is None else f'{test:.4f}'})")
+
+    @property
+    def name(self) -> str:
+        return self.config["model"]
+
+    # ------------------------------------------------------------------ checks
+    def _ids(self, ids, n: int, what: str) -> np.ndarray:
+        try:
+            a = np.asarray(list(ids) if not np.isscalar(ids) else [ids])
+        except TypeError:
+            raise ValueError(f"{what} ids must be integers, got {ids!r}") from None
+        if a.size == 0:
+            return a.astype(np.int64).ravel()
+        if a.dtype.kind not in "iu" and not (a.dtype.kind == "f" and np.all(a == np.round(a))):
+            raise ValueError(f"{what} ids must be integers, got {a.ravel()[:3].tolist()}")
+        a = a.astype(np.float64).ravel()
+        bad = (a < 0) | (a >= n)
+        if bad.any():
+            raise ValueError(f"{what} id {a[bad][0]:.0f} out of range 0..{n - 1}")
+        return a.astype(np.int64)
+
+    @staticmethod
+    def _k(k) -> int:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k={k!r}: ask for at least 1 item (a positive integer)")
+        return int(k)
+
+    # ------------------------------------------------------------------ answers
+    def _top(self, user_vectors: torch.Tensor, seen, k: int, filter_seen: bool):
+        """Top-k of ``user_vectors @ items.T`` with the ``seen`` CSR rows masked."""
+        k_eff = min(k, self.data.n_items)
+        scores = self.model.score_vectors(user_vectors, self._reps) if hasattr(
+            self.model, "score_vectors") else user_vectors @ self._reps[1].T
+        scores = scores.float()
+        if filter_seen and seen is not None and seen.nnz:
+            r = np.repeat(np.arange(seen.shape[0]), np.diff(seen.indptr))
+            scores[torch.as_tensor(r, device=scores.device),
+                   torch.as_tensor(seen.indices.astype(np.int64), device=scores.device)] = -torch.inf
+        val, idx = torch.topk(scores, k_eff, dim=1)
+        ids = idx.cpu().numpy().astype(np.int64)
+        sc = val.cpu().numpy().astype(np.float32)
+        short = ~np.isfinite(sc)
+        if k_eff < k or short.any():
+            ids = np.pad(ids, ((0, 0), (0, k - k_eff)), constant_values=-1)
+            sc = np.pad(sc, ((0, 0), (0, k - k_eff)), constant_values=np.nan)
+            ids[:, :k_eff][short] = -1
+            sc[:, :k_eff][short] = np.nan
+            n_short = int((ids == -1).any(1).sum())
+            warnings.warn(f"{n_short} of {len(ids)} users have fewer than k={k} items left to "
+                          f"recommend; their lists are padded with id -1 (score NaN)",
+                          RecommendationWarning, stacklevel=3)
+        return ids, sc
+
+    @torch.no_grad()
+    def recommend(self, users, k: int = 10, filter_seen: bool = True):
+        """Top-``k`` items for known ``users``: (ids, scores), NumPy arrays of shape (n, k).
+
+        Training items are excluded unless ``filter_seen=False``. When a user has fewer than
+        ``k`` unseen items the row is padded with id -1 and score NaN, with a
+        :class:`RecommendationWarning`.
+        """
+        u = self._ids(users, self.data.n_users, "user")
+        k = self._k(k)
+        user_repr = self._reps[0]
+        vec = user_repr[torch.as_tensor(u, device=user_repr.device)]
+        return self._top(vec, self.data.train[u], k, filter_seen)
+
+    @torch.no_grad()
+    def recommend_for_history(self, histories, k: int = 10, filter_seen: bool = True):
+        """Top-``k`` items for users not in the training data, from their item histories.
+
+        Fold-in: a new user's representation is the mean of the final representations of the
+        items in their history (every model here scores by an inner product of final user and
+        item representations; for the LightGCN family this is one normalised aggregation step
+        of the user–item graph, the same form as a trained user's propagated embedding). The
+        history items are excluded unless ``filter_seen=False``. ``histories``: one list of item
+        ids per user. Returns (ids, scores) of shape (n, k).
+        """
+        import scipy.sparse as sp
+        k = self._k(k)
+        rows = [self._ids(h, self.data.n_items, "item") for h in histories]
+        if any(len(r) == 0 for r in rows):
+            raise ValueError("every history needs at least one item id")
+        item_repr = self._reps[1]
+        vec = torch.stack([item_repr[torch.as_tensor(r, device=item_repr.device)].mean(0)
+                           for r in rows])
+        indptr = np.r_[0, np.cumsum([len(np.unique(r)) for r in rows])]
+        indices = np.concatenate([np.unique(r) for r in rows])
+        seen = sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr),
+                             shape=(len(rows), self.data.n_items))
+        return self._top(vec, seen, k, filter_seen)
+
+    @torch.no_grad()
+    def similar_items(self, items, k: int = 10):
+        """The ``k`` most similar items to each of ``items`` by cosine of the final item
+        representations (the item itself excluded): (ids, scores), arrays of shape (n, k)."""
+        it = self._ids(items, self.data.n_items, "item")
+        k = self._k(k)
+        if k > self.data.n_items - 1:
+            raise ValueError(f"k={k}: there are only {self.data.n_items - 1} other items")
+        rep = torch.nn.functional.normalize(self._reps[1].float(), dim=1)
+        sims = rep[torch.as_tensor(it, device=rep.device)] @ rep.T
+        sims[torch.arange(len(it)), torch.as_tensor(it, device=rep.device)] = -torch.inf
+        val, idx = torch.topk(sims, k, dim=1)
+        return idx.cpu().numpy().astype(np.int64), val.cpu().numpy().astype(np.float32)
+
+    def recommend_all(self, k: int = 10, path=None, *, filter_seen: bool = True,
+                      chunk_size: int = 4096):
+        """Every user's top-``k``, written to ``path`` (``.parquet`` via pyarrow, else TSV:
+        ``user``, ``rank``, ``item``, ``score``) in user chunks; returns the path, or the
+        (ids, scores) arrays when ``path`` is None."""
+        k = self._k(k)
+        parts_ids, parts_sc = [], []
+        for start in range(0, self.data.n_users, chunk_size):
+            users = np.arange(start, min(start + chunk_size, self.data.n_users))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RecommendationWarning)
+                ids, sc = self.recommend(users, k, filter_seen)
+            parts_ids.append(ids)
+            parts_sc.append(sc)
+        ids, sc = np.concatenate(parts_ids), np.concatenate(parts_sc)
+        if path is None:
+            return ids, sc
+        path = pathlib.Path(path)
+        users = np.repeat(np.arange(len(ids)), k)
+        ranks = np.tile(np.arange(1, k + 1), len(ids))
+        keep = ids.ravel() >= 0
+        cols = {"user": users[keep], "rank": ranks[keep], "item": ids.ravel()[keep],
+                "score": sc.ravel()[keep]}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".parquet":
+            try:
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+            except ImportError:
+                raise ImportError("writing Parquet needs pyarrow: pip install 'mmrecsys[parquet]' "
+                                  "(or give a .tsv path)") from None
+            pq.write_table(pa.table(cols), path)
+        else:
+            from .io import atomic_write_text
+            lines = ["user\trank\titem\tscore"] + [
+                f"{u}\t{r}\t{i}\t{s:.6g}" for u, r, i, s in zip(*cols.values())]
+            atomic_write_text(path, "\n".join(lines) + "\n")
+        return path
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path) -> pathlib.Path:
+        """Write a run directory (config.yaml, best.pt, metrics.json, history.csv and the
+        training run's topk_test.tsv when there is one); ``mmrecsys.load(path)`` reads it back."""
+        from .config import dump_yaml
+        from .io import atomic_torch_save, atomic_write_json, atomic_write_text
+        from .train.trainer import _write_history
+        path = pathlib.Path(path)
+        if self.run_dir is not None and path.resolve() == self.run_dir.resolve():
+            return path
+        if (path / "best.pt").exists() or (path / "last.pt").exists():
+            raise RunError(f"{path} already holds a run; choose another folder")
+        path.mkdir(parents=True, exist_ok=True)
+        cfg = dict(self.config)
+        if isinstance(cfg.get("data"), str) and cfg["data"] not in ("synthetic",) and \
+                self.data.path is not None:
+            cfg["data"] = str(pathlib.Path(self.data.path).resolve())
+        atomic_write_text(path / "config.yaml", dump_yaml(cfg))
+        atomic_torch_save(path / "best.pt", self.model.state_dict())
+        atomic_write_json(path / "metrics.json", self.metrics)
+        if self.history:
+            _write_history(path / "history.csv", self.history)
+        if self.run_dir is not None and (self.run_dir / "topk_test.tsv").is_file():
+            shutil.copyfile(self.run_dir / "topk_test.tsv", path / "topk_test.tsv")
+        self.run_dir = path
+        return path
+
+
+def _as_list(x) -> list:
+    return list(x) if isinstance(x, Iterable) and not isinstance(x, (str, bytes)) else [x]
+
+
+__all__ = ["load_dataset", "fit", "load", "TrainedModel", "RunError", "RecommendationWarning"]
