@@ -22,7 +22,6 @@ import logging
 import pathlib
 import shutil
 import warnings
-from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -170,18 +169,25 @@ class TrainedModel:
 
     # ------------------------------------------------------------------ checks
     def _ids(self, ids, n: int, what: str) -> np.ndarray:
+        """Validated int64 ids in 0..n-1 (a clear ValueError otherwise, huge ids included)."""
+        seq = [ids] if np.isscalar(ids) else ids
         try:
-            a = np.asarray(list(ids) if not np.isscalar(ids) else [ids])
-        except TypeError:
+            a = np.asarray(seq)
+        except (TypeError, ValueError):
             raise ValueError(f"{what} ids must be integers, got {ids!r}") from None
-        if a.size == 0:
-            return a.astype(np.int64).ravel()
-        if a.dtype.kind not in "iu" and not (a.dtype.kind == "f" and np.all(a == np.round(a))):
-            raise ValueError(f"{what} ids must be integers, got {a.ravel()[:3].tolist()}")
-        a = a.astype(np.float64).ravel()
+        a = a.ravel()
+        if a.dtype.kind == "O":  # e.g. Python ints beyond int64
+            for v in a:
+                if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+                    raise ValueError(f"{what} ids must be integers, got {v!r}")
+                if not 0 <= v < n:
+                    raise ValueError(f"{what} id {v} out of range 0..{n - 1}")
+            return a.astype(np.int64)
+        if a.size and a.dtype.kind not in "iu":
+            raise ValueError(f"{what} ids must be integers, got {a[:3].tolist()}")
         bad = (a < 0) | (a >= n)
         if bad.any():
-            raise ValueError(f"{what} id {a[bad][0]:.0f} out of range 0..{n - 1}")
+            raise ValueError(f"{what} id {a[bad][0]} out of range 0..{n - 1}")
         return a.astype(np.int64)
 
     @staticmethod
@@ -334,10 +340,6 @@ class TrainedModel:
             shutil.copyfile(self.run_dir / "topk_test.tsv", path / "topk_test.tsv")
         self.run_dir = path
         return path
-
-
-def _as_list(x) -> list:
-    return list(x) if isinstance(x, Iterable) and not isinstance(x, (str, bytes)) else [x]
 
 
 __all__ = ["load_dataset", "fit", "load", "TrainedModel", "RunError", "RecommendationWarning"]
