@@ -31,3 +31,11 @@ class RunError(MMRecError):
 
 class RequestError(MMRecError, ValueError):
     """A recommendation request is invalid (unknown user or item id, bad k)."""
+
+
+class SamplingError(DataError, RuntimeError):
+    """No negative item can be drawn for some users (they interacted with every candidate)."""
+
+
+class UnknownIdError(RequestError):
+    """A user or item id outside the dataset's range (HTTP 404)."""
