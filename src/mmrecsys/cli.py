@@ -69,10 +69,14 @@ def _resolve_device(device):
 
 @click.group(cls=_Cli)
 @click.version_option(package_name="mmrecsys")
-def main():
+@click.pass_context
+def main(ctx):
     """mmrecsys: multimodal graph recommendation (LGMRec, MMHCL, REARM and baselines)."""
+    ctx.with_resource(warnings.catch_warnings())  # filters restored when the command ends
     warnings.simplefilter("default")
+    previous = warnings.formatwarning
     warnings.formatwarning = _format_warning
+    ctx.call_on_close(lambda: setattr(warnings, "formatwarning", previous))
 
 
 @main.command()
