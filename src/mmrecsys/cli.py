@@ -63,8 +63,9 @@ def _resolve_device(device):
     try:
         return resolve_device(device)
     except RuntimeError as e:
-        msg = str(e) if str(e).startswith("--device") else f"--device {device}: not a device"
-        raise ConfigError(f"{msg} (use cpu, cuda, cuda:N or auto)") from None
+        if str(e).startswith("--device"):
+            raise ConfigError(str(e)) from None
+        raise ConfigError(f"--device {device}: not a device (use cpu, cuda, cuda:N or auto)") from None
 
 
 @click.group(cls=_Cli)
