@@ -87,11 +87,11 @@ def test_set_strings_are_coerced_to_the_default_type():
 
 
 @pytest.mark.parametrize("pair, pattern", [
-    ("epochs=abc", r"epochs='abc': expected a int"),
-    ("epochs=2.5", r"epochs=2.5: expected a int"),
-    ("lr=fast", r"lr='fast': expected a float"),
-    ("flag=maybe", r"flag='maybe': expected a bool"),
-    ("beta=true", r"beta=True: expected a int"),
+    ("epochs=abc", r"epochs='abc': expected an integer"),
+    ("epochs=2.5", r"epochs=2.5: expected an integer"),
+    ("lr=fast", r"lr='fast': expected a number"),
+    ("flag=maybe", r"flag='maybe': expected a boolean"),
+    ("beta=true", r"beta=True: expected an integer"),
     ("epochs=", r"epochs has no value"),
     ("lr=null", r"lr has no value"),
 ])
@@ -128,9 +128,10 @@ def test_bad_choice(key, value):
         resolve_config(Toy, "x", overrides={key: value})
 
 
-@pytest.mark.parametrize("key", ["epochs", "batch_size", "eval_step", "eval_batch_size"])
+@pytest.mark.parametrize("key", ["epochs", "batch_size", "eval_step", "eval_batch_size",
+                                 "checkpoint_every"])
 def test_positive_counts(key):
-    with pytest.raises(ConfigError, match=f"{key}=0: must be at least 1"):
+    with pytest.raises(ConfigError, match=f"{key}=0: must be an integer of at least 1"):
         resolve_config(Toy, "x", overrides={key: 0})
 
 

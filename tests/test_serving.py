@@ -1,44 +1,51 @@
-"""The HTTP service and the Recommender it wraps, on a tiny trained run."""
+"""The HTTP service over the public API's TrainedModel, on a tiny trained model."""
 import numpy as np
 import pytest
+import torch
 
-from mmrecsys.data.synthetic import make_synthetic
-from mmrecsys.serving.app import Recommender, create_app
-from mmrecsys.train import fit
+import mmrecsys as mr
+from mmrecsys.serving.app import create_app
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def rec():
-    data = make_synthetic(200, 80, seed=3)
-    res = fit(data, "lightgcn", {"epochs": 2, "topk": [5, 10, 20]}, log=None)
-    return Recommender(res["model"], data)
+def model():
+    data = mr.load_dataset("synthetic", n_users=200, n_items=80, seed=3)
+    return mr.fit(data, "lightgcn", epochs=2, topk=[5, 10, 20])
 
 
-def test_recommend_excludes_training_items_and_is_sorted(rec):
-    out = rec.recommend([0, 5, 7], k=10)
-    assert set(out) == {0, 5, 7}
-    for u, rows in out.items():
-        items = [r["item"] for r in rows]
-        scores = [r["score"] for r in rows]
+@pytest.fixture(scope="module")
+def client(model):
+    return TestClient(create_app(model))
+
+
+def test_recommend_excludes_training_items_and_is_sorted(model, client):
+    out = client.post("/recommend", json={"users": [0, 5, 7], "k": 10}).json()["results"]
+    assert [r["user"] for r in out] == [0, 5, 7]
+    with torch.no_grad():
+        user_repr, item_repr = model.model.representations()
+    for r in out:
+        u = r["user"]
+        items = [x["item"] for x in r["items"]]
+        scores = [x["score"] for x in r["items"]]
         assert len(items) == 10 == len(set(items))
-        assert not set(items) & set(rec.data.train[u].indices)
+        assert not set(items) & set(model.data.train[u].indices)
         assert scores == sorted(scores, reverse=True)
-        user_repr, item_repr = rec.reps
         np.testing.assert_allclose(scores, (item_repr[items] @ user_repr[u]).numpy(), rtol=1e-5)
 
 
-def test_exclude_seen_false_ranks_everything(rec):
+def test_exclude_seen_false_ranks_everything(model, client):
     u = 1
-    user_repr, item_repr = rec.reps
+    with torch.no_grad():
+        user_repr, item_repr = model.model.representations()
     best = int((item_repr @ user_repr[u]).argmax())
-    assert rec.recommend([u], k=1, exclude_seen=False)[u][0]["item"] == best
+    r = client.get("/recommend", params={"user": u, "k": 1, "exclude_seen": "false"}).json()
+    assert r["items"][0]["item"] == best
 
 
-def test_http_endpoints(rec):
-    client = TestClient(create_app(rec))
+def test_http_endpoints(client):
     assert client.get("/health").json()["items"] == 80
     one = client.get("/recommend", params={"user": 3, "k": 4}).json()
     assert one["user"] == 3 and len(one["items"]) == 4
@@ -52,3 +59,18 @@ def test_http_endpoints(rec):
     assert client.get("/recommend", params={"user": 10 ** 6}).status_code == 404
     assert client.post("/recommend", json={"users": [], "k": 4}).status_code == 422
     assert client.get("/recommend", params={"user": 1, "k": 0}).status_code == 422
+    assert client.get("/openapi.json").json()["paths"]["/recommend"]
+
+
+def test_fold_in_history_over_http(model, client):
+    r = client.post("/recommend", json={"histories": [[1, 2, 3], [7]], "k": 5})
+    assert r.status_code == 200, r.text
+    res = r.json()["results"]
+    ids, _ = model.recommend_for_history([[1, 2, 3], [7]], k=5)
+    assert [x["item"] for x in res[0]["items"]] == ids[0].tolist()
+    assert not {1, 2, 3} & {x["item"] for x in res[0]["items"]}
+    # exactly one of users / histories; bad item ids are 404
+    assert client.post("/recommend", json={"k": 5}).status_code == 422
+    assert client.post("/recommend", json={"users": [1], "histories": [[1]]}).status_code == 422
+    assert client.post("/recommend", json={"histories": [[10 ** 30]]}).status_code == 404
+    assert client.post("/recommend", json={"histories": [[]]}).status_code == 422

@@ -14,6 +14,7 @@ from mmrecsys.cli import main
 from mmrecsys.config import load_yaml, resolve_config
 from mmrecsys.data import load_dataset
 from mmrecsys.data.synthetic import write_synthetic
+from mmrecsys.errors import RunError
 from mmrecsys.evaluation import evaluate
 from mmrecsys.models import get_model_class
 from mmrecsys.train import build_model, fit, seed_everything
@@ -92,6 +93,7 @@ def test_run_directory_files(data, lgn_run):
     assert not [n for n in names if n.endswith(".tmp")]
     # config.yaml is the fully resolved configuration
     cfg = load_yaml(run / "config.yaml")
+    assert set(cfg.pop("versions")) == {"mmrecsys", "torch", "numpy", "python"}
     assert cfg == res["config"]
     assert cfg["model"] == "lightgcn" and cfg["epochs"] == 3 and cfg["lr"] == 0.01
     assert cfg["patience"] == 20 and cfg["n_layers"] == 2 and cfg["topk"] == [5, 10, 20, 50]
@@ -119,7 +121,7 @@ def test_run_directory_files(data, lgn_run):
     # best.pt: the best weights reproduce the test metrics
     cls = get_model_class("lightgcn")
     net = build_model(data, cfg, "cpu")
-    net.load_state_dict(torch.load(run / "best.pt", weights_only=False))
+    net.load_state_dict(torch.load(run / "best.pt", weights_only=True))
     got = evaluate(net, data, "test").metrics
     assert got == pytest.approx(m["test"], abs=1e-9)
     assert isinstance(net, cls)
@@ -140,7 +142,7 @@ def test_run_directory_files(data, lgn_run):
 
 def test_existing_run_is_not_overwritten(data, lgn_run):
     run, _ = lgn_run
-    with pytest.raises(FileExistsError, match="resume"):
+    with pytest.raises(RunError, match="resume"):
         fit(data, "lightgcn", dict(FAST), run_dir=run, log=None)
 
 
@@ -181,7 +183,7 @@ def test_resume_ends_where_an_uninterrupted_run_ends(data, tmp_path, model, stop
     run = tmp_path / "interrupted"
     with pytest.raises(Interrupt):
         fit(data, model, dict(ov), run_dir=run, log=_interrupt_at(stop_at))
-    ck = torch.load(run / "last.pt", weights_only=False)
+    ck = torch.load(run / "last.pt", weights_only=True)
     assert ck["epoch"] < stop_at and not ck["finished"]  # really interrupted
     res = fit(data, model, dict(ov), run_dir=run, resume=True, log=None)
     assert len(res["history"]) == 5
@@ -195,8 +197,8 @@ def test_resume_ends_where_an_uninterrupted_run_ends(data, tmp_path, model, stop
     assert (run / "topk_test.tsv").read_text() == (tmp_path / "ref" / "topk_test.tsv").read_text()
     with open(run / "history.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 5
-    a = torch.load(run / "best.pt", weights_only=False)
-    b = torch.load(tmp_path / "ref" / "best.pt", weights_only=False)
+    a = torch.load(run / "best.pt", weights_only=True)
+    b = torch.load(tmp_path / "ref" / "best.pt", weights_only=True)
     for k in b:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     # resuming a finished run changes nothing
@@ -371,7 +373,7 @@ def test_cli_errors_for_bad_run_directories(data_dir, tmp_path):
     res = runner.invoke(main, ["train", "--resume", str(empty), "--quiet"])
     assert res.exit_code == 2 and "config.yaml" in res.output, res.output
     res = runner.invoke(main, ["evaluate", str(empty)])
-    assert res.exit_code == 2 and "best.pt" in res.output
+    assert res.exit_code == 2 and "not a run directory" in res.output
     # a run whose dataset folder has gone away
     moved = tmp_path / "syn"
     shutil.copytree(data_dir, moved)

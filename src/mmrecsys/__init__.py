@@ -9,8 +9,10 @@ The public API (see :mod:`mmrecsys.api`)::
 """
 __version__ = "0.1.0"
 
-from .api import (RecommendationWarning, RunError, TrainedModel, fit, load,  # noqa: E402
-                  load_dataset)
+from .api import RecommendationWarning, TrainedModel, fit, load, load_dataset  # noqa: E402
+from .errors import (ConfigError, DataError, MMRecError, RequestError, RunError,  # noqa: E402
+                     UnknownIdError)
 
-__all__ = ["load_dataset", "fit", "load", "TrainedModel", "RunError", "RecommendationWarning",
+__all__ = ["load_dataset", "fit", "load", "TrainedModel", "RecommendationWarning", "MMRecError",
+           "ConfigError", "DataError", "RunError", "RequestError", "UnknownIdError",
            "__version__"]

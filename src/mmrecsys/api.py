@@ -12,8 +12,8 @@
 
 The CLI and the web service are thin layers over this module. Nothing here prints or exits:
 progress goes to the ``mmrecsys`` logger (silent unless the application configures logging)
-and errors are exceptions (:class:`~mmrecsys.data.DataError`, :class:`~mmrecsys.config.ConfigError`,
-:class:`RunError`).
+and errors are exceptions of :mod:`mmrecsys.errors` (``DataError``, ``ConfigError``,
+``RunError``, ``RequestError``), all subclasses of ``MMRecError``.
 """
 from __future__ import annotations
 
@@ -27,17 +27,14 @@ import numpy as np
 import torch
 
 from .config import load_yaml
-from .data import Dataset, DataError
+from .data import Dataset
+from .errors import DataError, RequestError, RunError, UnknownIdError
 
 logger = logging.getLogger("mmrecsys")
 logger.addHandler(logging.NullHandler())
 
 #: keyword arguments of :func:`fit` that are not configuration keys
 _FIT_OPTIONS = ("out", "device", "progress", "config", "resume")
-
-
-class RunError(ValueError):
-    """A run directory is missing, incomplete or does not fit the data; the message says why."""
 
 
 class RecommendationWarning(UserWarning):
@@ -82,38 +79,83 @@ def fit(data: Dataset | str, model: str = "lightgcn", *, out=None, device: str =
 
 
 def load(run_dir, data: Dataset | str | None = None, device: str = "cpu") -> "TrainedModel":
-    """A trained model from a run directory (its best weights), on its own dataset or ``data``."""
-    from .train.trainer import build_model, prepare_data, resolve_device
+    """A trained model from a run directory (its best weights), on its own dataset or ``data``.
+
+    ``best.pt`` is read with ``weights_only=True``: a crafted file cannot run code.
+    """
+    from .train.trainer import _load_checkpoint, build_model, prepare_data, resolve_device
     run = pathlib.Path(run_dir)
     if not (run / "config.yaml").is_file():
-        raise RunError(f"{run}: no config.yaml; not a run directory written by mmrecsys")
+        raise RunError(f"{run}: no config.yaml; not a run directory written by `mmrecsys train`")
     if not (run / "best.pt").is_file():
-        raise RunError(f"{run}: no best.pt; the run has not evaluated yet (train longer or resume it)")
+        raise RunError(f"{run}: no best.pt; the run has not evaluated yet (train longer or "
+                       f"resume it)")
+    cfg = load_yaml(run / "config.yaml")
+    if "model" not in cfg:
+        raise RunError(f"{run}/config.yaml names no model; it was not written by mmrecsys train")
     try:
         metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
         int(metrics["best_epoch"])
     except (OSError, ValueError, KeyError, TypeError):
         raise RunError(f"{run}: metrics.json is missing or unreadable; it records the best epoch. "
                        f"Re-run or resume the training.") from None
-    cfg = load_yaml(run / "config.yaml")
-    if data is None:
-        data = cfg.get("data")
     try:
-        ds = data if isinstance(data, Dataset) else load_dataset(data)
+        ds = data if isinstance(data, Dataset) else load_dataset(data or cfg.get("data"))
     except DataError as e:
-        raise DataError(f"{e}\n(the run's dataset; pass data=... (--data DIR) if it has moved)") from None
+        raise DataError(f"{e}\n(the run's dataset; pass data=... / --data DIR if it has "
+                        f"moved)") from None
     ds = prepare_data(ds, cfg)
     dev = resolve_device(device)
     net = build_model(ds, cfg, dev)
-    state = torch.load(run / "best.pt", map_location=dev, weights_only=True)
+    state = _load_checkpoint(run / "best.pt", dev)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise RunError(f"{run}/best.pt is not a state dict of weights; it was not written by "
+                       f"mmrecsys train")
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
-        raise RunError(f"{run}: best.pt does not fit model {cfg.get('model')} on dataset "
-                       f"{ds.name!r} ({str(e).splitlines()[0]}); pass the run's own dataset") from None
+        lines = str(e).strip().splitlines()
+        detail = next((ln.strip() for ln in lines[1:] if ln.strip()), lines[0] if lines else "")
+        raise RunError(f"{run}/best.pt does not fit {cfg['model']} on {ds.name} ({ds.n_users} "
+                       f"users, {ds.n_items} items): the weights were trained on other data or "
+                       f"with another configuration ({detail[:200]}). Pass the run's own "
+                       f"dataset") from None
+    fp = metrics.get("dataset_fingerprint")
+    if fp and fp != ds.fingerprint(with_features=True):
+        warnings.warn(f"the dataset {ds.path or ds.name} differs from the one {run} was trained "
+                      f"on (content fingerprint {ds.fingerprint()} vs {fp})", stacklevel=2)
     net.eval()
-    history = _read_history(run / "history.csv")
-    return TrainedModel(net, ds, cfg, metrics, history, run)
+    return TrainedModel(net, ds, cfg, metrics, _read_history(run / "history.csv"), run)
+
+
+def check_ids(values, kind: str, n: int) -> np.ndarray:
+    """Integer ids checked against 0..n-1 before any int64 conversion (an id beyond the int64
+    range is an unknown id, not an overflow): :class:`UnknownIdError` / :class:`RequestError`."""
+    if isinstance(values, np.ndarray):
+        if values.dtype.kind in "iu":
+            a = values.ravel().astype(np.int64, copy=False)
+            bad = (a < 0) | (a >= n)
+            if bad.any():
+                raise UnknownIdError(f"{kind} id {int(a[bad][0])} out of range 0..{n - 1}")
+            return a
+        values = values.ravel().tolist()
+    elif not isinstance(values, (list, tuple, range)):
+        values = [values]
+    out = np.empty(len(values), dtype=np.int64)
+    for j, v in enumerate(values):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            raise RequestError(f"{kind} id {v!r} is not an integer")
+        if not 0 <= int(v) < n:
+            raise UnknownIdError(f"{kind} id {int(v)} out of range 0..{n - 1}")
+        out[j] = int(v)
+    return out
+
+
+def check_k(k) -> int:
+    """``k`` as a positive int, or :class:`RequestError`."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise RequestError(f"k={k!r}: ask for at least 1 item (an integer of at least 1)")
+    return int(k)
 
 
 def _read_history(path: pathlib.Path) -> list[dict]:
@@ -167,35 +209,6 @@ class TrainedModel:
     def name(self) -> str:
         return self.config["model"]
 
-    # ------------------------------------------------------------------ checks
-    def _ids(self, ids, n: int, what: str) -> np.ndarray:
-        """Validated int64 ids in 0..n-1 (a clear ValueError otherwise, huge ids included)."""
-        seq = [ids] if np.isscalar(ids) else ids
-        try:
-            a = np.asarray(seq)
-        except (TypeError, ValueError):
-            raise ValueError(f"{what} ids must be integers, got {ids!r}") from None
-        a = a.ravel()
-        if a.dtype.kind == "O":  # e.g. Python ints beyond int64
-            for v in a:
-                if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-                    raise ValueError(f"{what} ids must be integers, got {v!r}")
-                if not 0 <= v < n:
-                    raise ValueError(f"{what} id {v} out of range 0..{n - 1}")
-            return a.astype(np.int64)
-        if a.size and a.dtype.kind not in "iu":
-            raise ValueError(f"{what} ids must be integers, got {a[:3].tolist()}")
-        bad = (a < 0) | (a >= n)
-        if bad.any():
-            raise ValueError(f"{what} id {a[bad][0]} out of range 0..{n - 1}")
-        return a.astype(np.int64)
-
-    @staticmethod
-    def _k(k) -> int:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k={k!r}: ask for at least 1 item (a positive integer)")
-        return int(k)
-
     # ------------------------------------------------------------------ answers
     def _top(self, user_vectors: torch.Tensor, seen, k: int, filter_seen: bool):
         """Top-k of ``user_vectors @ items.T`` with the ``seen`` CSR rows masked."""
@@ -230,8 +243,8 @@ class TrainedModel:
         ``k`` unseen items the row is padded with id -1 and score NaN, with a
         :class:`RecommendationWarning`.
         """
-        u = self._ids(users, self.data.n_users, "user")
-        k = self._k(k)
+        u = check_ids(users, "user", self.data.n_users)
+        k = check_k(k)
         user_repr = self._reps[0]
         vec = user_repr[torch.as_tensor(u, device=user_repr.device)]
         return self._top(vec, self.data.train[u], k, filter_seen)
@@ -248,10 +261,10 @@ class TrainedModel:
         ids per user. Returns (ids, scores) of shape (n, k).
         """
         import scipy.sparse as sp
-        k = self._k(k)
-        rows = [self._ids(h, self.data.n_items, "item") for h in histories]
+        k = check_k(k)
+        rows = [check_ids(h, "item", self.data.n_items) for h in histories]
         if any(len(r) == 0 for r in rows):
-            raise ValueError("every history needs at least one item id")
+            raise RequestError("every history needs at least one item id")
         item_repr = self._reps[1]
         vec = torch.stack([item_repr[torch.as_tensor(r, device=item_repr.device)].mean(0)
                            for r in rows])
@@ -264,23 +277,30 @@ class TrainedModel:
     @torch.no_grad()
     def similar_items(self, items, k: int = 10):
         """The ``k`` most similar items to each of ``items`` by cosine of the final item
-        representations (the item itself excluded): (ids, scores), arrays of shape (n, k)."""
-        it = self._ids(items, self.data.n_items, "item")
-        k = self._k(k)
-        if k > self.data.n_items - 1:
-            raise ValueError(f"k={k}: there are only {self.data.n_items - 1} other items")
+        representations (the item itself excluded): (ids, scores), arrays of shape (n, k);
+        padded with -1 / NaN (and a :class:`RecommendationWarning`) beyond the other items."""
+        it = check_ids(items, "item", self.data.n_items)
+        k = check_k(k)
+        k_eff = min(k, self.data.n_items - 1)
         rep = torch.nn.functional.normalize(self._reps[1].float(), dim=1)
         sims = rep[torch.as_tensor(it, device=rep.device)] @ rep.T
         sims[torch.arange(len(it)), torch.as_tensor(it, device=rep.device)] = -torch.inf
-        val, idx = torch.topk(sims, k, dim=1)
-        return idx.cpu().numpy().astype(np.int64), val.cpu().numpy().astype(np.float32)
+        val, idx = torch.topk(sims, k_eff, dim=1)
+        ids = idx.cpu().numpy().astype(np.int64)
+        sc = val.cpu().numpy().astype(np.float32)
+        if k_eff < k:
+            warnings.warn(f"k={k}: there are only {k_eff} other items; lists padded with id -1",
+                          RecommendationWarning, stacklevel=2)
+            ids = np.pad(ids, ((0, 0), (0, k - k_eff)), constant_values=-1)
+            sc = np.pad(sc, ((0, 0), (0, k - k_eff)), constant_values=np.nan)
+        return ids, sc
 
     def recommend_all(self, k: int = 10, path=None, *, filter_seen: bool = True,
                       chunk_size: int = 4096):
         """Every user's top-``k``, written to ``path`` (``.parquet`` via pyarrow, else TSV:
         ``user``, ``rank``, ``item``, ``score``) in user chunks; returns the path, or the
         (ids, scores) arrays when ``path`` is None."""
-        k = self._k(k)
+        k = check_k(k)
         parts_ids, parts_sc = [], []
         for start in range(0, self.data.n_users, chunk_size):
             users = np.arange(start, min(start + chunk_size, self.data.n_users))
@@ -342,4 +362,5 @@ class TrainedModel:
         return path
 
 
-__all__ = ["load_dataset", "fit", "load", "TrainedModel", "RunError", "RecommendationWarning"]
+__all__ = ["load_dataset", "fit", "load", "TrainedModel", "RecommendationWarning", "check_ids",
+           "check_k"]

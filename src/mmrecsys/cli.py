@@ -4,12 +4,14 @@ from __future__ import annotations
 import datetime
 import json
 import pathlib
+import secrets
 import sys
 import warnings
 
 import click
 
 from .config import ConfigError, load_yaml, parse_overrides
+from .errors import MMRecError, RunError
 
 
 def _load_data(spec: str | None, with_features: bool = True):
@@ -26,69 +28,169 @@ def _fail(msg: str):
     sys.exit(2)
 
 
-def _print_metrics(title: str, metrics: dict, topk=(5, 10, 20, 50)):
+def _print_metrics(title: str, metrics: dict, topk=None):
     names = ("recall", "ndcg", "precision", "map")
-    ks = [k for k in topk if f"recall@{k}" in metrics]
+    ks = sorted({int(k.partition("@")[2]) for k in metrics if k.startswith("recall@")})
     click.echo(title)
+    if not ks:
+        return
     click.echo("  " + "metric".ljust(10) + "".join(f"@{k}".rjust(9) for k in ks))
     for n in names:
         if f"{n}@{ks[0]}" in metrics:
             click.echo("  " + n.ljust(10) + "".join(f"{metrics[f'{n}@{k}']:9.4f}" for k in ks))
 
 
-@click.group()
+class _Cli(click.Group):
+    """Reports the package's own errors (MMRecError: a user's mistake) as ``error: message``
+    with exit status 2. Any other exception is a bug and keeps its traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MMRecError as e:
+            click.echo(f"error: {e}", err=True)
+            raise click.exceptions.Exit(2) from None
+
+
+def _format_warning(message, category, filename, lineno, line=None):
+    """One line per warning, without the Python source line (the CLI's warnings only)."""
+    label = "warning" if issubclass(category, UserWarning) else f"warning ({category.__name__})"
+    return f"{label}: {message}\n"
+
+
+def _resolve_device(device):
+    from .train import resolve_device
+    try:
+        return resolve_device(device)
+    except ConfigError as e:
+        raise ConfigError(f"--{e}") from None
+
+
+@click.group(cls=_Cli)
 @click.version_option(package_name="mmrecsys")
-def main():
+@click.pass_context
+def main(ctx):
     """mmrecsys: multimodal graph recommendation (LGMRec, MMHCL, REARM and baselines)."""
+    ctx.with_resource(warnings.catch_warnings())  # filters restored when the command ends
     warnings.simplefilter("default")
+    previous = warnings.formatwarning
+    warnings.formatwarning = _format_warning
+    ctx.call_on_close(lambda: setattr(warnings, "formatwarning", previous))
 
 
 @main.command()
-@click.option("--model", "-m", default="lightgcn", show_default=True, help="Model name (see `mmrecsys models`).")
+@click.option("--model", "-m", default=None, help="Model name (see `mmrecsys models`); default lightgcn.")
 @click.option("--data", "-d", default=None, help="Dataset folder, or 'synthetic' (the default).")
-@click.option("--out", "-o", type=click.Path(), default=None, help="Run directory (default runs/<model>-<data>-<time>).")
-@click.option("--config", "-c", "config_file", type=click.Path(exists=True), default=None, help="YAML file of key: value.")
+@click.option("--out", "-o", type=click.Path(), default=None,
+              help="Run directory (default runs/<model>-<data>-<time>-<random>); must be new or empty.")
+@click.option("--config", "-c", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="YAML file of key: value (the command line wins over it).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
 @click.option("--seed", type=int, default=None, help="Random seed (same as --set seed=S).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--resume", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Continue an interrupted run directory.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-def train(model, data, out, config_file, sets, seed, device, resume, quiet):
+              help="Continue a run directory (only --set epochs=N may change: extends it).")
+@click.option("--quiet", "-q", is_flag=True, help="Print only warnings, errors and the final metrics.")
+@click.option("--log-every", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Print every N-th epoch line (0: none).")
+def train(model, data, out, config_file, sets, seed, device, resume, quiet, log_every):
     """Train a model with early stopping and write a run directory."""
     from .train import fit
-    try:
-        if resume:
-            run = pathlib.Path(resume)
-            if not (run / "config.yaml").exists():
-                _fail(f"{run}: no config.yaml; --resume needs a run directory written by "
-                      f"`mmrecsys train --out`")
-            cfg = load_yaml(run / "config.yaml")
-            ds = _load_data(cfg.get("data"))
-            res = fit(ds, config=cfg, run_dir=run, device=device, progress=not quiet, resume=True,
-                      log=click.echo)
-        else:
-            overrides = parse_overrides(sets)
-            if seed is not None:
-                overrides["seed"] = seed
-            file_cfg = load_yaml(config_file) if config_file else {}
-            data_spec = data or file_cfg.pop("data", None)
-            model = file_cfg.pop("model", model)
-            ds = _load_data(data_spec)
-            if out is None:
-                stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-                out = pathlib.Path("runs") / f"{model}-{ds.name}-{stamp}"
-            from .config import resolve_config
-            from .models import get_model_class
-            cls = get_model_class(model)
-            cfg = resolve_config(cls, ds.name, file_cfg, overrides)
-            cfg["model"] = cls.name
-            cfg["data"] = str(pathlib.Path(data_spec).resolve()) if data_spec not in (None, "synthetic") else "synthetic"
-            res = fit(ds, config=cfg, run_dir=out, device=device, progress=not quiet, log=click.echo)
-    except (ConfigError, KeyError, ValueError, FileExistsError, RuntimeError) as e:
-        _fail(str(e.args[0]) if e.args else str(e))
+    progress = not quiet and sys.stderr.isatty()  # no carriage-return noise in redirected logs
+    log = None if quiet else click.echo
+    dev = _resolve_device(device)
+    overrides = parse_overrides(sets)
+    if resume:
+        run = pathlib.Path(resume)
+        cfg, ds = _resume_config(run, model, data, config_file, overrides, seed)
+        res = fit(ds, config=cfg, run_dir=run, device=dev, progress=progress, resume=True,
+                  log=log, log_every=log_every)
+    else:
+        if seed is not None:
+            overrides["seed"] = seed
+        file_cfg = load_yaml(config_file) if config_file else {}
+        file_model, file_data = file_cfg.pop("model", None), file_cfg.pop("data", None)
+        file_cfg.pop("versions", None)
+        model = model or file_model or "lightgcn"   # the command line wins over the file
+        data_spec = data or file_data
+        from .config import resolve_config
+        from .models import get_model_class
+        cls = get_model_class(model)
+        ds = _load_data(data_spec)
+        if out is None:
+            stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+            out = pathlib.Path("runs") / f"{cls.name}-{ds.name}-{stamp}-{secrets.token_hex(3)}"
+            while out.exists():  # two runs started in the same second get different folders
+                out = out.with_name(f"{cls.name}-{ds.name}-{stamp}-{secrets.token_hex(3)}")
+        cfg = resolve_config(cls, ds.name, file_cfg, overrides, n_items=ds.n_items)
+        cfg["model"] = cls.name
+        cfg["data"] = str(pathlib.Path(data_spec).resolve()) if data_spec not in (None, "", "synthetic") else "synthetic"
+        res = fit(ds, config=cfg, run_dir=out, device=dev, progress=progress, log=log,
+                  log_every=log_every)
     if res["test"]:
         _print_metrics(f"test metrics at best epoch {res['best_epoch']} ({res['run_dir']}):", res["test"])
+
+
+def _resume_config(run: pathlib.Path, model, data, config_file, overrides, seed):
+    """The configuration and dataset of a run to resume, applying the resume rules:
+
+    * the run keeps its model, data and configuration: ``--model`` naming another model,
+      ``--config``, ``--seed`` and ``--set`` of any key but ``epochs`` are refused;
+    * ``--set epochs=N`` extends (or, if not yet reached, shortens) the run; a run that stopped
+      early (patience) is finished and is not extended;
+    * ``--data DIR`` is accepted for a moved dataset with the same content; a dataset whose
+      content differs from the one trained on (checked on ``last.pt``) is refused;
+    * a folder with config.yaml but no checkpoint yet (``last.pt``) starts over from epoch 0,
+      with a warning.
+    """
+    from .config import _coerce
+    from .models import get_model_class
+    if not (run / "config.yaml").exists():
+        raise RunError(f"{run}: no config.yaml; --resume needs a run directory written by "
+                       f"`mmrecsys train --out`")
+    cfg = load_yaml(run / "config.yaml")
+    if "model" not in cfg:
+        raise RunError(f"{run}/config.yaml names no model; it was not written by mmrecsys train")
+    fix = "; start a new run (--out) to change it"
+    if model is not None and get_model_class(model).name != cfg["model"]:
+        raise RunError(f"{run} was trained with model {cfg['model']}, not {model}: --resume "
+                       f"continues a run as it is. Drop --model{fix}")
+    if config_file is not None:
+        raise RunError(f"--config cannot change a resumed run ({run} keeps its config.yaml){fix}")
+    if seed is not None:
+        overrides = {**overrides, "seed": seed}
+    other = sorted(set(overrides) - {"epochs"})
+    if other:
+        raise RunError(f"--resume keeps the run's configuration: only --set epochs=N may change "
+                       f"(to extend it), not {', '.join(other)}{fix}")
+    if "epochs" in overrides:
+        epochs = _coerce("epochs", overrides["epochs"], 1)
+        metrics = run / "metrics.json"
+        if epochs != cfg.get("epochs") and metrics.exists():
+            try:
+                stopped = json.loads(metrics.read_text()).get("stopped_early", False)
+            except (ValueError, OSError):
+                stopped = False
+            if stopped:
+                raise RunError(f"{run} stopped early (no improvement within its patience); more "
+                               f"epochs would not train it further. Start a new run with a larger "
+                               f"--set patience")
+        cfg["epochs"] = epochs
+    from .data import DataError
+    if data is not None:
+        new = str(pathlib.Path(data).resolve()) if data != "synthetic" else "synthetic"
+        if new != cfg.get("data") and not (run / "last.pt").exists():
+            raise RunError(f"--data {data} is not the dataset {run} was started on "
+                           f"({cfg.get('data')}), and the run has no checkpoint to check its "
+                           f"content against; drop --data{fix}")
+        ds = _load_data(data)
+        cfg["data"] = new  # a moved dataset; its content is checked against last.pt
+    else:
+        try:
+            ds = _load_data(cfg.get("data"))
+        except DataError as e:
+            raise DataError(f"{e}\n(the run's dataset; pass --data DIR if it has moved)") from None
+    return cfg, ds
 
 
 @main.command()
@@ -103,88 +205,65 @@ def evaluate(run_dir, data, split, device):
     stochastic model, the same noise seed), so the test metrics equal metrics.json's.
     """
     from .train.trainer import EpochEvaluator
-    model, cfg, ds, best_epoch = _load_run(run_dir, data, device)
-    res = EpochEvaluator(model, ds, cfg, best_epoch)(split)
-    _print_metrics(f"{split} metrics of {run_dir} ({len(res.users)} users):", res.metrics, cfg["topk"])
-
-
-def _best_epoch(run: pathlib.Path) -> int:
-    """The best epoch recorded in the run's metrics.json (the trainer writes it at each best)."""
-    try:
-        return int(json.loads((run / "metrics.json").read_text(encoding="utf-8"))["best_epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
-        _fail(f"{run}: metrics.json is missing or unreadable; it records the best epoch. "
-              f"Re-run or --resume the training.")
+    m = _load_run(run_dir, data, device)
+    res = EpochEvaluator(m.model, m.data, m.config, int(m.metrics["best_epoch"]))(split)
+    _print_metrics(f"{split} metrics of {run_dir} ({len(res.users)} users):", res.metrics,
+                   m.config["topk"])
 
 
 def _load_run(run_dir, data, device):
-    """(model with the best weights, config, dataset as the run saw it, best epoch)."""
-    import torch
-    from .train import build_model, resolve_device
-    from .train.trainer import prepare_data
-    run = pathlib.Path(run_dir)
-    if not (run / "best.pt").exists():
-        _fail(f"{run}: no best.pt; the run has not evaluated yet (train longer or --resume it)")
-    cfg = load_yaml(run / "config.yaml")
-    best_epoch = _best_epoch(run)
-    from .data import DataError
-    try:
-        ds = prepare_data(_load_data(data or cfg.get("data")), cfg)
-    except DataError as e:
-        _fail(f"{e}\n(the run's dataset; pass --data DIR if it has moved)")
-    dev = resolve_device(device)
-    model = build_model(ds, cfg, dev)
-    model.load_state_dict(torch.load(run / "best.pt", map_location=dev, weights_only=False))
-    model.eval()
-    return model, cfg, ds, best_epoch
-
-
-def _recommender(run_dir, data, device):
-    """A Recommender on a run's best weights; a stochastic model's noise is the best epoch's
-    test-pass draw, so the same request always gets the same answer."""
-    from .evaluation import eval_seed
-    from .serving.app import Recommender as RunRecommender
-    model, cfg, ds, best_epoch = _load_run(run_dir, data, device)
-    return RunRecommender(model, ds, run_dir, seed=eval_seed(cfg["seed"], best_epoch, "test"))
+    """The run's trained model (:func:`mmrecsys.load`): its best weights on its dataset."""
+    from .api import load
+    return load(run_dir, data, _resolve_device(device))
 
 
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--user", "-u", "users", type=int, multiple=True, required=True, help="User id (repeatable).")
-@click.option("-k", default=10, show_default=True, help="Number of items.")
+@click.option("-k", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Number of items (fewer when the user has not that many unseen items).")
 @click.option("--data", "-d", default=None)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def recommend(run_dir, users, k, data, device, as_json):
-    """Top-k items for users (training items excluded) from a run's best weights."""
-    rec = _recommender(run_dir, data, device)
-    try:
-        out = rec.recommend(users, k)
-    except ValueError as e:
-        _fail(str(e))
+    """Top-k items for users (training items excluded) from a run's best weights.
+
+    A user with fewer than k unseen items gets only those (a warning says so)."""
+    from .serving.app import _quiet
+    m = _load_run(run_dir, data, device)
+    ids, _ = _quiet(m.recommend, list(users), k)
+    rows = {int(u): [int(i) for i in r if i >= 0] for u, r in zip(users, ids)}
+    short = [u for u, r in rows.items() if len(r) < k]
+    if short:
+        warnings.warn(f"user(s) {', '.join(map(str, short))} have fewer than {k} unseen items; "
+                      f"listing those", stacklevel=1)
     if as_json:
-        click.echo(json.dumps({u: [r["item"] for r in rows] for u, rows in out.items()}))
+        click.echo(json.dumps({str(u): r for u, r in rows.items()}))
     else:
-        for uid, rows in out.items():
-            click.echo(f"{uid}\t" + " ".join(str(r["item"]) for r in rows))
+        for uid, r in rows.items():
+            click.echo(f"{uid}\t" + " ".join(map(str, r)))
 
 
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--data", "-d", default=None, help="Dataset folder (default: the run's).")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-def serve(run_dir, data, host, port, device):
-    """Serve top-K recommendations of a run over HTTP (FastAPI; docs at /docs)."""
+@click.option("--access-log/--no-access-log", default=True, show_default=True,
+              help="Log one line per request.")
+def serve(run_dir, data, host, port, device, access_log):
+    """Serve top-K recommendations of a run over HTTP (FastAPI; docs at /docs, served locally)."""
     try:
         import uvicorn
-        from .serving.app import create_app
+        from .serving.app import create_app, offline_docs_available
     except ImportError:
         _fail("serving needs FastAPI and uvicorn: pip install 'mmrecsys[serve]'")
-    app = create_app(_recommender(run_dir, data, device))
-    click.echo(f"serving {run_dir} on http://{host}:{port} (docs at /docs)")
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    app = create_app(_load_run(run_dir, data, device))
+    docs = ("docs at /docs" if offline_docs_available() else
+            "no /docs: pip install 'mmrecsys[serve]' for it; OpenAPI at /openapi.json")
+    click.echo(f"serving {run_dir} on http://{host}:{port} ({docs})")
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log)
 
 
 @main.command()
@@ -230,11 +309,7 @@ def data():
 @click.argument("directory", required=False)
 def stats(directory):
     """Users, items, interactions per split, sparsity and modalities of a dataset."""
-    from .data import DataError
-    try:
-        ds = _load_data(directory)
-    except DataError as e:
-        _fail(str(e))
+    ds = _load_data(directory)
     s = ds.stats()
     click.echo(f"dataset      {s['name']}")
     click.echo(f"users        {s['users']:,}")
@@ -252,8 +327,8 @@ def stats(directory):
 
 @data.command()
 @click.option("--out", "-o", required=True, type=click.Path(), help="Output folder.")
-@click.option("--users", default=2000, show_default=True)
-@click.option("--items", default=1000, show_default=True)
+@click.option("--users", type=click.IntRange(min=10), default=2000, show_default=True)
+@click.option("--items", type=click.IntRange(min=20), default=1000, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--new-item-share", default=0.15, show_default=True,
               help="Share of new items (0-2 training rows each; listed in new_items.txt).")
@@ -316,6 +391,60 @@ def cold_split_cmd(directory, out, share, seed):
         click.echo(f"{r['users_without_train']:,} users have only cold items (no training row); "
                    f"their {r['heldout_rows_of_users_without_train']:,} held-out rows are written, "
                    f"and dropped with a warning when the folder is loaded")
+
+# ---------------------------------------------------------------------------- cache
+@main.group()
+def cache():
+    """The graph cache: preprocessed graphs reused across runs (info, clear).
+
+    It lives in $MMRECSYS_CACHE, else $XDG_CACHE_HOME/mmrecsys, else ~/.cache/mmrecsys (or a
+    run's --set cache_dir=DIR); it is never pruned by itself.
+    """
+
+
+def _cache_root(directory):
+    from .graphs.cache import default_cache_dir
+    return pathlib.Path(directory) if directory else default_cache_dir()
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+@cache.command()
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
+              help="Cache folder (default: $MMRECSYS_CACHE or ~/.cache/mmrecsys).")
+def info(directory):
+    """Where the graph cache is, how many graphs it holds and their size."""
+    from .graphs.cache import cache_files
+    root = _cache_root(directory)
+    files = cache_files(root)
+    total = sum(p.stat().st_size for p in files)
+    click.echo(f"graph cache  {root}{'' if root.is_dir() else ' (not created yet)'}")
+    click.echo(f"files        {len(files)} ({_size(total)})")
+    by_kind: dict[str, list[int]] = {}
+    for p in files:
+        by_kind.setdefault(p.name.rsplit("-", 1)[0], []).append(p.stat().st_size)
+    for kind, sizes in sorted(by_kind.items()):
+        click.echo(f"  {kind:28s} {len(sizes):4d}  {_size(sum(sizes))}")
+
+
+@cache.command()
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
+              help="Cache folder (default: $MMRECSYS_CACHE or ~/.cache/mmrecsys).")
+def clear(directory):
+    """Delete the cached graphs (they are rebuilt when needed); other files are kept."""
+    from .graphs.cache import cache_files
+    root = _cache_root(directory)
+    files = cache_files(root)
+    total = sum(p.stat().st_size for p in files)
+    for p in files:
+        p.unlink(missing_ok=True)
+    click.echo(f"removed {len(files)} cached graphs ({_size(total)}) from {root}")
+
 
 if __name__ == "__main__":
     main()

@@ -9,9 +9,12 @@ as YAML and coerced to that type. An unknown key is an error naming the closest 
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Any
 
 import yaml
+
+from .errors import ConfigError
 
 #: the shared trainer's settings and their defaults (protocol §3.2, MMRec overall.yaml)
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -48,10 +51,6 @@ CHOICES = {
     "sampler": ("interactions", "users"),
     "negatives_from": ("train_items", "all_items"),
 }
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def parse_value(text: str):
@@ -113,13 +112,29 @@ def _coerce(key: str, value, default):
         return [value]
     else:
         return value
-    raise ConfigError(f"{key}={value!r}: expected a {type(default).__name__} "
-                      f"(default {default!r})")
+    raise ConfigError(f"{key}={value!r}: expected {_a(default)} (default {default!r})")
+
+
+def _a(default) -> str:
+    """'an integer', 'a number', ... for a default value's type (for messages)."""
+    if isinstance(default, bool):
+        return "a boolean (true or false)"
+    if isinstance(default, int):
+        return "an integer"
+    if isinstance(default, float):
+        return "a number"
+    if isinstance(default, (list, tuple)):
+        return "a list, e.g. [1, 2]"
+    return f"a {type(default).__name__}"
 
 
 def resolve_config(model_cls, dataset_name: str, file_cfg: dict | None = None,
-                   overrides: dict | None = None) -> dict[str, Any]:
-    """The fully resolved flat configuration for ``model_cls`` on ``dataset_name``."""
+                   overrides: dict | None = None, n_items: int | None = None) -> dict[str, Any]:
+    """The fully resolved flat configuration for ``model_cls`` on ``dataset_name``.
+
+    ``n_items`` (the dataset's) lets :func:`validate_config` check ``topk`` against it. A
+    ``versions`` entry (what a run's config.yaml records) is ignored.
+    """
     defaults: dict[str, Any] = dict(TRAIN_DEFAULTS)
     defaults.update(model_cls.train_defaults)
     hp = model_cls.hyperparameters()
@@ -130,6 +145,7 @@ def resolve_config(model_cls, dataset_name: str, file_cfg: dict | None = None,
     known = set(defaults) | {"model", "data"}
     user = dict(file_cfg or {})
     user.update(overrides or {})
+    user.pop("versions", None)  # recorded in config.yaml for information only
     for k in user:
         if k not in known:
             near = difflib.get_close_matches(k, sorted(known), n=3)
@@ -156,23 +172,109 @@ def resolve_config(model_cls, dataset_name: str, file_cfg: dict | None = None,
                 cfg[k] = v
                 continue
             cfg[k] = _coerce(k, v, defaults[k])
-    for k, choices in CHOICES.items():
-        if cfg[k] not in choices:
-            raise ConfigError(f"{k}={cfg[k]!r}: choose one of {', '.join(choices)}")
-    for m in cfg["valid_metrics"]:
-        name, _, k = str(m).partition("@")
-        if not k.isdigit() or int(k) not in cfg["topk"] or name not in (
-                "recall", "ndcg", "precision", "map", *cfg["extra_metrics"]):
-            raise ConfigError(f"valid_metrics entry {m!r} is not computed: it must be "
-                              f"<metric>@<k> with k in topk={cfg['topk']} (e.g. recall@20)")
-    for k in ("epochs", "batch_size", "eval_step", "eval_batch_size"):
-        if cfg[k] < 1:
-            raise ConfigError(f"{k}={cfg[k]}: must be at least 1")
-    if cfg["valid_round"] is not None and not 0 <= cfg["valid_round"] <= 15:
-        raise ConfigError(f"valid_round={cfg['valid_round']}: give 0..15 decimals, or null to "
-                          f"compare raw floats")
-    cfg["modalities"] = [str(m) for m in cfg["modalities"]]
+    validate_config(cfg, n_items=n_items, model_cls=model_cls)
     return cfg
+
+
+#: model hyperparameters checked by name, whatever the model (constructors check the rest)
+_SIZE_KEYS = ("embedding_size", "embed_size", "embedding_dim", "hyper_num", "rank")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def validate_config(cfg: dict, n_items: int | None = None, model_cls=None) -> None:
+    """Check the ranges of the trainer's keys (and generic model keys); raise ConfigError.
+
+    Checks run in the order a user would fix them: ``topk`` before ``valid_metrics``, which
+    refers to it. ``n_items`` (when known) bounds ``topk``.
+    """
+    for k, choices in CHOICES.items():
+        if k in cfg and cfg[k] not in choices:
+            raise ConfigError(f"{k}={cfg[k]!r}: choose one of {', '.join(choices)}")
+    for k in ("epochs", "batch_size", "eval_step", "eval_batch_size", "checkpoint_every"):
+        if k in cfg and (not _is_int(cfg[k]) or cfg[k] < 1):
+            raise ConfigError(f"{k}={cfg[k]!r}: must be an integer of at least 1")
+    if "patience" in cfg and (not _is_int(cfg["patience"]) or cfg["patience"] < 0):
+        raise ConfigError(f"patience={cfg['patience']!r}: must be an integer of at least 0 "
+                          f"(the number of non-improving evaluations tolerated)")
+    if "seed" in cfg and (not _is_int(cfg["seed"]) or not 0 <= cfg["seed"] < 2 ** 63):
+        raise ConfigError(f"seed={cfg['seed']!r}: must be an integer from 0 to 2**63-1")
+    for k in ("lr", "weight_decay"):
+        if k in cfg and (not _is_num(cfg[k]) or not math.isfinite(cfg[k]) or cfg[k] < 0):
+            raise ConfigError(f"{k}={cfg[k]!r}: must be a finite number of at least 0")
+    if "lr_scheduler" in cfg:
+        sch = cfg["lr_scheduler"]
+        if (not isinstance(sch, (list, tuple)) or len(sch) != 2 or not all(_is_num(x) for x in sch)
+                or not all(math.isfinite(x) and x > 0 for x in sch)):
+            raise ConfigError(f"lr_scheduler={sch!r}: must be two positive numbers [a, b] "
+                              f"(lr at epoch e = lr * a ** (e / b)), e.g. --set lr_scheduler=[0.96,50]")
+    if "topk" in cfg:
+        topk = cfg["topk"]
+        if not isinstance(topk, (list, tuple)) or not topk or not all(_is_int(k) and k >= 1 for k in topk):
+            raise ConfigError(f"topk={topk!r}: must be a non-empty list of integers of at least 1, "
+                              f"e.g. --set topk=[5,10,20,50]")
+        if n_items is not None and max(topk) > n_items:
+            keep = sorted({k for k in topk if k <= n_items}) or [n_items]
+            hint = f"--set topk=[{','.join(map(str, keep))}]"
+            vm = [str(m) for m in cfg.get("valid_metrics", [])]
+            if any(m.partition("@")[2] not in {str(k) for k in keep} for m in vm):
+                names = sorted({m.partition("@")[0] for m in vm}) or ["recall"]
+                hint += f" --set valid_metrics=[{','.join(f'{n}@{max(keep)}' for n in names)}]"
+            raise ConfigError(f"topk={list(topk)}: asks for lists longer than the {n_items} items "
+                              f"of the dataset; lower it, e.g. {hint}")
+    if "valid_metrics" in cfg:
+        vm = cfg["valid_metrics"]
+        if not isinstance(vm, (list, tuple)) or not vm:
+            raise ConfigError(f"valid_metrics={vm!r}: must be a non-empty list, e.g. [recall@20]")
+        for m in vm:
+            name, _, k = str(m).partition("@")
+            if not k.isdigit() or int(k) not in cfg.get("topk", ()) or name not in (
+                    "recall", "ndcg", "precision", "map", *cfg.get("extra_metrics", [])):
+                raise ConfigError(f"valid_metrics entry {m!r} is not computed: it must be "
+                                  f"<metric>@<k> with k in topk={cfg.get('topk')} (e.g. recall@20)")
+    if cfg.get("valid_round") is not None and (not _is_int(cfg["valid_round"])
+                                               or not 0 <= cfg["valid_round"] <= 15):
+        raise ConfigError(f"valid_round={cfg['valid_round']!r}: give 0..15 decimals, or null to "
+                          f"compare raw floats")
+    if "modalities" in cfg:
+        if not isinstance(cfg["modalities"], (list, tuple)):
+            raise ConfigError(f"modalities={cfg['modalities']!r}: must be a list of feature names, "
+                              f"e.g. [image_feat, text_feat] (empty = all)")
+        cfg["modalities"] = [str(m) for m in cfg["modalities"]]
+    if model_cls is not None:
+        for k in model_cls.hyperparameters():
+            if k in cfg:
+                _check_model_key(k, cfg[k])
+
+
+def _check_model_key(k: str, v) -> None:
+    """Ranges every model shares by key name: sizes ≥ 1, layer counts ≥ 0, finite numbers,
+    probabilities in [0, 1]."""
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ConfigError(f"{k}={v!r}: must be a finite number")
+    if not _is_num(v):
+        return
+    if k in _SIZE_KEYS or k.endswith(("_size", "knn_k")):
+        if not _is_int(v) or v < 1:
+            raise ConfigError(f"{k}={v!r}: must be an integer of at least 1")
+    elif "layer" in k:
+        if not _is_int(v) or v < 0:
+            raise ConfigError(f"{k}={v!r}: must be an integer of at least 0 (a number of layers)")
+    elif k.endswith(("drop", "keep_rate")):
+        if not 0 <= v <= 1:
+            raise ConfigError(f"{k}={v!r}: must be a probability between 0 and 1")
+    elif k in ("tau", "temperature", "cl_tmp"):
+        if v <= 0:
+            raise ConfigError(f"{k}={v!r}: must be a positive number (a temperature)")
+    elif k.endswith(("weight", "regs", "ratio")):
+        if v < 0:
+            raise ConfigError(f"{k}={v!r}: must be at least 0 (a loss weight)")
 
 
 def model_kwargs(model_cls, cfg: dict) -> dict[str, Any]:
@@ -180,8 +282,20 @@ def model_kwargs(model_cls, cfg: dict) -> dict[str, Any]:
 
 
 def load_yaml(path) -> dict:
-    with open(path, encoding="utf-8") as fh:
-        obj = yaml.safe_load(fh) or {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            obj = yaml.safe_load(fh) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                          f"{e.start}); re-save it as UTF-8") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where} ({problem}); a config file holds "
+                          f"lines of key: value, e.g. 'lr: 0.001'") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror or e})") from None
     if not isinstance(obj, dict):
         raise ConfigError(f"{path}: a config file must be a mapping of key: value")
     return obj

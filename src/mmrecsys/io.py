@@ -5,16 +5,39 @@ import io
 import json
 import os
 import pathlib
+import stat
 import tempfile
+import threading
 
 import numpy as np
+
+
+_umask_lock = threading.Lock()
+
+
+def _umask() -> int:
+    with _umask_lock:  # os.umask can only be read by setting it
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _file_mode(path: pathlib.Path) -> int:
+    """The mode an ordinary ``open(path, 'w')`` would leave: the existing file's, else
+    0666 less the umask (mkstemp's temporary file is 0600)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
 
 
 def _atomic_write_bytes(path, data: bytes) -> None:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = _file_mode(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

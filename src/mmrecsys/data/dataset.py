@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import pathlib
 import warnings
 from dataclasses import dataclass, field
@@ -19,13 +20,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from ..errors import DataError
+
 TRAIN, VALID, TEST = 0, 1, 2
 SPLIT_NAMES = {"train": TRAIN, "valid": VALID, "test": TEST}
 REQUIRED_COLUMNS = ("userID", "itemID", "x_label")
-
-
-class DataError(ValueError):
-    """A dataset file is malformed; the message names the file, the place and the fix."""
 
 
 @dataclass
@@ -181,23 +180,69 @@ def find_inter_file(directory: pathlib.Path) -> pathlib.Path:
     return found[0]
 
 
+#: ids larger than this many times the number of rows make an implausibly sparse id space
+#: (a dense 0-based index is expected); small files get at least this much room
+MAX_ID_PER_ROW = 10
+MIN_ID_ROOM = 1000
+
+
+def _read_text(path: pathlib.Path) -> str:
+    """The file as text: UTF-8, with or without a byte-order mark; anything else is refused."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}: line {line} is not UTF-8 text (byte {raw[e.start]:#04x}). "
+                        f"Re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8).") from None
+
+
+def _int_column(path, col: np.ndarray, name: str, line_no: np.ndarray) -> np.ndarray:
+    """A column of integer strings as int64; the first bad row (its line number in the file,
+    ``line_no[i]``) is named in the error."""
+    try:
+        return col.astype(np.int64)
+    except (ValueError, OverflowError):
+        pass
+    out = np.empty(len(col), dtype=np.int64)
+    for i, v in enumerate(col):
+        v = str(v)
+        try:
+            x = int(v)
+        except ValueError:
+            try:
+                f = float(v)
+            except ValueError:
+                f = math.nan
+            if not math.isfinite(f) or f != round(f) or abs(f) >= 2 ** 53:
+                raise DataError(f"{path}: line {line_no[i]}, column {name}: {v!r} is not an integer. "
+                                f"Ids and x_label must be integers.") from None
+            x = int(f)
+        if not -2 ** 63 <= x < 2 ** 63:
+            raise DataError(f"{path}: line {line_no[i]}, column {name}: {v} is beyond the 64-bit "
+                            f"integer range. Ids must be 0-based indices (re-index the file).")
+        out[i] = x
+    return out
+
+
 def read_inter(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read userID, itemID, x_label columns of an .inter file, validating each."""
     path = pathlib.Path(path)
-    with open(path, encoding="utf-8") as fh:
-        header = fh.readline().rstrip("\r\n").split("\t")
-        header = [h.split(":")[0].strip() for h in header]  # RecBole writes 'userID:token'
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
-        if missing:
-            raise DataError(f"{path}: header row lacks column(s) {', '.join(missing)} "
-                            f"(found {header}). The first line must name the tab-separated "
-                            f"columns, including userID, itemID and x_label.")
-        cols = [header.index(c) for c in REQUIRED_COLUMNS]
-        lines = fh.read().splitlines()
-    lines = [ln for ln in lines if ln.strip()]
-    if not lines:
+    text = _read_text(path)
+    header_line, _, body = text.partition("\n")
+    header = header_line.rstrip("\r").split("\t")
+    header = [h.split(":")[0].strip() for h in header]  # RecBole writes 'userID:token'
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise DataError(f"{path}: header row lacks column(s) {', '.join(missing)} "
+                        f"(found {', '.join(map(repr, header))}). The first line must name the "
+                        f"tab-separated columns, including userID, itemID and x_label.")
+    cols = [header.index(c) for c in REQUIRED_COLUMNS]
+    numbered = [(i + 2, ln) for i, ln in enumerate(body.splitlines()) if ln.strip()]
+    if not numbered:
         raise DataError(f"{path}: no interaction rows after the header.")
-    rows = [ln.split("\t") for ln in lines]
+    line_no = np.array([n for n, _ in numbered], dtype=np.int64)
+    rows = [ln.split("\t") for _, ln in numbered]
     width = len(header)
     arr = np.empty((len(rows), 3), dtype=np.int64)
     for j, c in enumerate(cols):
@@ -205,30 +250,26 @@ def read_inter(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             col = np.array([r[c] for r in rows])
         except IndexError:
             bad = next(i for i, r in enumerate(rows) if len(r) <= c)
-            raise DataError(f"{path}: line {bad + 2} has {len(rows[bad])} fields, the header has "
-                            f"{width}. Fix or remove that line.") from None
-        try:
-            f = col.astype(np.float64)
-        except ValueError:
-            bad = next(i for i, v in enumerate(col) if not _is_number(v))
-            raise DataError(f"{path}: line {bad + 2}, column {REQUIRED_COLUMNS[j]}: {col[bad]!r} is "
-                            f"not an integer. Ids and x_label must be integers.") from None
-        if not np.all(np.isfinite(f)) or np.any(f != np.round(f)):
-            bad = int(np.flatnonzero(~np.isfinite(f) | (f != np.round(f)))[0])
-            raise DataError(f"{path}: line {bad + 2}, column {REQUIRED_COLUMNS[j]}: {col[bad]!r} is "
-                            f"not an integer. Ids and x_label must be integers.")
-        arr[:, j] = f.astype(np.int64)
+            raise DataError(f"{path}: line {line_no[bad]} has {len(rows[bad])} fields, the header "
+                            f"has {width}. Fix or remove that line.") from None
+        arr[:, j] = _int_column(path, col, REQUIRED_COLUMNS[j], line_no)
     users, items, labels = arr[:, 0], arr[:, 1], arr[:, 2]
     for name, v in (("userID", users), ("itemID", items)):
         if (v < 0).any():
             bad = int(np.flatnonzero(v < 0)[0])
-            raise DataError(f"{path}: line {bad + 2}, column {name}: negative id {v[bad]}. Ids must "
-                            f"be 0-based non-negative integers (re-index the file).")
+            raise DataError(f"{path}: line {line_no[bad]}, column {name}: negative id {v[bad]}. Ids "
+                            f"must be 0-based non-negative integers (re-index the file).")
+        room = max(MAX_ID_PER_ROW * len(v), MIN_ID_ROOM)
+        if (v >= room).any():
+            bad = int(np.argmax(v))
+            raise DataError(f"{path}: line {line_no[bad]}, column {name}: id {v[bad]:,} would make "
+                            f"{v[bad] + 1:,} {name[:-2]}s for {len(v):,} rows; ids must be dense "
+                            f"0-based indices (at most {room - 1:,} here). Re-index the file.")
     bad_lab = ~np.isin(labels, (TRAIN, VALID, TEST))
     if bad_lab.any():
         bad = int(np.flatnonzero(bad_lab)[0])
-        raise DataError(f"{path}: line {bad + 2}, column x_label: {labels[bad]} is not a split label. "
-                        f"Use 0 (train), 1 (validation) or 2 (test).")
+        raise DataError(f"{path}: line {line_no[bad]}, column x_label: {labels[bad]} is not a split "
+                        f"label. Use 0 (train), 1 (validation) or 2 (test).")
     return users, items, labels
 
 
@@ -296,8 +337,17 @@ def read_feature_file(path, n_items: int) -> np.ndarray:
     except Exception as e:  # noqa: BLE001 (any unreadable file)
         raise DataError(f"{f}: cannot be read as a .npy array ({e}). Re-save it with numpy.save "
                         f"as a 2-d float array.") from None
+    if x.dtype.kind not in "fiub":
+        kind = {"c": "complex numbers", "U": "strings", "S": "byte strings",
+                "V": "structured records", "M": "dates", "m": "time deltas"}.get(x.dtype.kind,
+                                                                                str(x.dtype))
+        raise DataError(f"{f}: holds {kind} (dtype {x.dtype}); features must be real numbers. "
+                        f"Re-save it with numpy.save as a 2-d float32 array.")
     if x.ndim != 2:
         raise DataError(f"{f}: expected a 2-d array (one row per item), got shape {x.shape}.")
+    if x.shape[1] == 0:
+        raise DataError(f"{f}: has shape {x.shape}: zero feature columns. Remove the file or "
+                        f"write the modality's features (one row of width ≥ 1 per item).")
     if x.shape[0] != n_items:
         raise DataError(f"{f}: has {x.shape[0]} rows but the dataset has {n_items} items "
                         f"(max itemID + 1). Row i must hold the features of item i: add the "
@@ -342,7 +392,11 @@ def load_dataset(directory, *, with_features: bool = True,
     for attr, command in (("cold_items", "data cold-split"), ("new_items", "data synth")):
         listed = directory / f"{attr}.txt"
         if listed.exists():
-            ids = np.loadtxt(listed, dtype=np.int64, ndmin=1)
+            try:
+                ids = np.loadtxt(listed, dtype=np.int64, ndmin=1)
+            except (ValueError, UnicodeDecodeError) as e:
+                raise DataError(f"{listed}: expected one integer item id per line ({e}); "
+                                f"regenerate it with `mmrecsys {command}`.") from None
             setattr(data, attr, ids)
             if len(ids) and (ids.min() < 0 or ids.max() >= n_items):
                 raise DataError(f"{listed}: item ids must lie in 0..{n_items - 1}; regenerate it "

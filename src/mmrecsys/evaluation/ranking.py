@@ -253,6 +253,7 @@ DEFAULT_USER_BINS = ((0, 3), (4, 5), (6, 10), (11, 20), (21, None))
 def user_group_report(result: EvalResult, data: Dataset, bins=DEFAULT_USER_BINS,
                       keys=("recall@20", "ndcg@20")) -> list[dict]:
     """Metrics averaged per group of users by their number of training interactions."""
+    keys = [k for k in keys if k in result.per_user]  # e.g. topk without 20
     deg = data.user_train_degree()[result.users]
     rows = []
     for lo, hi in bins:

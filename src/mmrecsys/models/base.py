@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..data import Dataset
+from ..errors import UnknownModelError
 from ..graphs import GraphCache
 
 MODELS: dict[str, type["Recommender"]] = {}
@@ -98,7 +99,7 @@ def get_model_class(name: str) -> type[Recommender]:
     if key not in MODELS and key in BUILTIN:
         importlib.import_module(f"{__package__}.{BUILTIN[key]}")
     if key not in MODELS:
-        raise KeyError(f"unknown model {name!r}; available: {', '.join(available_models())}")
+        raise UnknownModelError(f"unknown model {name!r}; available: {', '.join(available_models())}")
     return MODELS[key]
 
 

@@ -1,4 +1,4 @@
-"""A small HTTP service answering top-K recommendations from a run directory."""
-from .app import Recommender as RunRecommender, create_app
+"""HTTP serving of a trained model (FastAPI), a thin layer over :class:`mmrecsys.TrainedModel`."""
+from .app import create_app
 
-__all__ = ["RunRecommender", "create_app"]
+__all__ = ["create_app"]

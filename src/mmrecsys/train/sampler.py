@@ -9,6 +9,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..data import Dataset
+from ..errors import SamplingError
 
 
 class _History:
@@ -54,8 +55,10 @@ class NegativeSampler:
             bad = bad[self.history.contains(users[bad], neg[bad])]
             rounds += 1
             if rounds > max_rounds:
-                raise RuntimeError(f"{len(bad)} users have interacted with (almost) every candidate "
-                                   f"item; no negative can be sampled for them.")
+                raise SamplingError(f"{len(bad)} users (e.g. user {int(users[bad[0]])}) have "
+                                    f"interacted with (almost) every candidate item; no negative "
+                                    f"can be sampled for them. Remove such users from the data or "
+                                    f"use --set negatives_from=all_items.")
         return neg
 
 

@@ -28,16 +28,20 @@ import csv
 import io
 import math
 import pathlib
+import platform
 import random
 import time
+import warnings
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import dump_yaml, model_kwargs, resolve_config
+from .. import __version__
+from ..config import dump_yaml, model_kwargs, resolve_config, validate_config
 from ..data import Dataset
+from ..errors import ConfigError, RunError
 from ..evaluation import (EvalResult, Ranking, eval_seed, evaluate, heldout_users, is_stochastic,
                           items_with_train_degree, mask_name, rank_users, user_group_report)
 from ..graphs import GraphCache
@@ -48,11 +52,16 @@ from .sampler import make_sampler
 
 
 def resolve_device(device: str | None) -> torch.device:
+    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``; ConfigError otherwise."""
     if device in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"device {device}: not a device (use cpu, cuda, cuda:N or auto)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device}: CUDA is not available on this machine; use cpu")
+    return dev
 
 
 def seed_everything(seed: int) -> None:
@@ -62,10 +71,85 @@ def seed_everything(seed: int) -> None:
 
 
 def build_model(data: Dataset, cfg: dict, device) -> torch.nn.Module:
+    """The configured model on ``data``; a constructor's ValueError (a bad hyperparameter or a
+    dataset the model cannot use) and running out of memory become a ConfigError."""
     cls = get_model_class(cfg["model"])
     cache = GraphCache(cfg.get("cache_dir") or default_cache_dir())
-    model = cls(data, cache, **model_kwargs(cls, cfg))
-    return model.to(device)
+    try:
+        model = cls(data, cache, **model_kwargs(cls, cfg))
+        return model.to(device)
+    except ValueError as e:
+        raise ConfigError(f"{cls.name}: {e}") from e
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        raise ConfigError(f"{cls.name} on {data.name} ({data.n_users:,} users, {data.n_items:,} "
+                          f"items) needs more memory than there is ({str(e).splitlines()[0][:200]});"
+                          f" lower its sizes (e.g. embedding_size) or use a larger device") from e
+    except RuntimeError as e:
+        if "allocate" not in str(e) and "out of memory" not in str(e):
+            raise
+        raise ConfigError(f"{cls.name} on {data.name} ({data.n_users:,} users, {data.n_items:,} "
+                          f"items) needs more memory than there is ({str(e).splitlines()[0][:200]});"
+                          f" lower its sizes (e.g. embedding_size) or use a larger device") from e
+
+
+def versions() -> dict[str, str]:
+    """Versions recorded in a run's config.yaml (key ``versions``, ignored when it is read)."""
+    return {"mmrecsys": str(__version__), "torch": str(torch.__version__), "numpy": str(np.__version__),
+            "python": platform.python_version()}
+
+
+#: the files a run writes into its directory
+RUN_FILES = ("config.yaml", "history.csv", "best.pt", "last.pt", "metrics.json", "topk_test.tsv")
+
+
+def _accept_run_dir(run: pathlib.Path, resume: bool) -> tuple[bool, bool]:
+    """Check that ``run`` may be written, before anything is written to it.
+
+    Returns (fresh, created): whether it held nothing, and whether it did not exist. A
+    directory holding anything is refused unless ``resume``.
+    """
+    if run.exists() and not run.is_dir():
+        raise RunError(f"{run} is a file, not a run directory; choose another --out")
+    existing = sorted(p.name for p in run.iterdir()) if run.is_dir() else []
+    if existing and not resume:
+        if any(n in RUN_FILES for n in existing):
+            raise RunError(f"{run} already holds a run ({', '.join(existing[:6])}); pass "
+                           f"--resume {run} to continue it, or choose another --out directory")
+        raise RunError(f"{run} is not empty ({', '.join(existing[:6])}"
+                       f"{', …' if len(existing) > 6 else ''}); choose a new or empty --out "
+                       f"directory")
+    created = not run.exists()
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"cannot create the run directory {run}: {e.strerror or e}") from None
+    return not existing, created
+
+
+def _remove_unstarted_run(run: pathlib.Path, created: bool) -> None:
+    """After a failure before the first checkpoint: remove what the run wrote (it cannot be
+    resumed), and the directory itself if this run created it."""
+    if (run / "last.pt").exists():
+        return
+    for name in RUN_FILES:
+        (run / name).unlink(missing_ok=True)
+    for tmp in run.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+    if created:
+        try:
+            run.rmdir()
+        except OSError:
+            pass
+
+
+def _load_checkpoint(path: pathlib.Path, device):
+    """torch.load with weights_only=True: tensors and plain data only, never code."""
+    try:
+        return torch.load(path, weights_only=True, map_location=device)
+    except Exception as e:  # noqa: BLE001 (unpickling, truncated file, foreign format)
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise RunError(f"{path} cannot be loaded safely ({first}); it is damaged or was not "
+                       f"written by mmrecsys. Restore it, or start a new run") from None
 
 
 def _optimizer(model, cfg):
@@ -192,7 +276,31 @@ def _fmt(d: dict, keys=("recall@20", "ndcg@20")) -> str:
 
 def fit(data: Dataset, model: str | None = None, overrides: dict | None = None, run_dir=None,
         device: str | None = "cpu", progress: bool = False, config: dict | None = None,
-        resume: bool = False, log=print, file_cfg: dict | None = None) -> dict[str, Any]:
+        resume: bool = False, log=print, file_cfg: dict | None = None,
+        log_every: int = 1) -> dict[str, Any]:
+    """Train a model with early stopping; see :func:`_fit` for the arguments and the result.
+
+    The run directory is accepted before anything is written to it: a directory holding files
+    is refused unless ``resume``. A run that fails before its first checkpoint removes what it
+    wrote (it could not be resumed). ``log_every``: print every n-th epoch line (0: none).
+    """
+    run = pathlib.Path(run_dir) if run_dir is not None else None
+    fresh = created = False
+    if run is not None:
+        fresh, created = _accept_run_dir(run, resume)
+    try:
+        return _fit(data, model, overrides, run, device, progress, config, resume, log, file_cfg,
+                    log_every)
+    except BaseException:
+        if run is not None and fresh:
+            _remove_unstarted_run(run, created)
+        raise
+
+
+def _fit(data: Dataset, model: str | None = None, overrides: dict | None = None, run_dir=None,
+         device: str | None = "cpu", progress: bool = False, config: dict | None = None,
+         resume: bool = False, log=print, file_cfg: dict | None = None,
+         log_every: int = 1) -> dict[str, Any]:
     """Train a model with early stopping; return a summary dict (see module docstring).
 
     Either ``config`` (a resolved configuration, e.g. from a run directory) or ``model`` plus
@@ -205,16 +313,11 @@ def fit(data: Dataset, model: str | None = None, overrides: dict | None = None, 
         config["model"] = cls.name
         config.setdefault("data", str(data.path) if data.path else data.name)
     cfg = config
-    if max(cfg["topk"]) > data.n_items:
-        raise ValueError(f"topk {cfg['topk']} asks for lists longer than the {data.n_items} items of "
-                         f"{data.name}; lower it, e.g. --set topk=[5,10]")
+    validate_config(cfg, n_items=data.n_items, model_cls=get_model_class(cfg["model"]))
     log = log or (lambda *a, **k: None)
     data = prepare_data(data, cfg)
     dev = resolve_device(device)
     run = pathlib.Path(run_dir) if run_dir is not None else None
-    if run is not None:
-        run.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run / "config.yaml", dump_yaml(cfg))
 
     seed_everything(cfg["seed"])
     t_build = time.perf_counter()
@@ -232,25 +335,53 @@ def fit(data: Dataset, model: str | None = None, overrides: dict | None = None, 
     stopped_early = False
     fp = data.fingerprint(with_features=True)
     if resume and run is not None and (run / "last.pt").exists():
-        ck = torch.load(run / "last.pt", weights_only=False, map_location=dev)
-        net.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        rng.bit_generator.state = ck["numpy_rng"]
-        torch.set_rng_state(ck["torch_rng"])
-        random.setstate(ck["python_rng"])
-        stopper.load_state_dict(ck["stopper"])
-        history, best, start_epoch = ck["history"], ck["best"], ck["epoch"] + 1
-        best.setdefault("report", {})
-        stopped_early = bool(ck.get("stopped_early", False))
-        if (run / "best.pt").exists():
-            best_state = torch.load(run / "best.pt", weights_only=False, map_location=dev)
-        log(f"resumed {run} at epoch {start_epoch}")
-        if ck.get("finished"):
-            start_epoch = cfg["epochs"]
-    elif run is not None and (run / "last.pt").exists() and not resume:
-        raise FileExistsError(f"{run} already holds a run; pass --resume to continue it or "
-                              f"choose another --out directory")
+        ck = _load_checkpoint(run / "last.pt", dev)
+        if ck.get("dataset_fingerprint", fp) != fp:
+            raise RunError(f"the dataset {data.path or data.name} differs from the one {run} was "
+                           f"trained on (content fingerprint {fp}, the run's "
+                           f"{ck['dataset_fingerprint']}); a run resumes only on the same data. "
+                           f"Restore the data, or start a new run (--out)")
+        if ck["epoch"] + 1 > cfg["epochs"]:
+            raise RunError(f"epochs={cfg['epochs']} is below the {ck['epoch'] + 1} epochs {run} has "
+                           f"already run; give at least {ck['epoch'] + 1}")
+        try:
+            net.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            sched.load_state_dict(ck["scheduler"])
+            rng.bit_generator.state = ck["numpy_rng"]
+            torch.set_rng_state(ck["torch_rng"])
+            random.setstate(tuple(ck["python_rng"]))
+            stopper.load_state_dict(ck["stopper"])
+            history, best, start_epoch = ck["history"], ck["best"], ck["epoch"] + 1
+            best.setdefault("report", {})
+            stopped_early = bool(ck.get("stopped_early", False))
+            if (run / "best.pt").exists():
+                best_state = _load_checkpoint(run / "best.pt", dev)
+                own = net.state_dict()
+                if {k: tuple(v.shape) for k, v in best_state.items()} != {
+                        k: tuple(v.shape) for k, v in own.items()}:
+                    raise ValueError("best.pt holds other weights than the model's")
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise RunError(f"{run}: its checkpoint does not fit the model built from its "
+                           f"config.yaml ({type(e).__name__}: {first}); was config.yaml edited? "
+                           f"Restore it, or start a new run (--out)") from None
+        if ck.get("finished") and (stopped_early or start_epoch >= cfg["epochs"]):
+            start_epoch = cfg["epochs"]  # finished: rewrite its results (a longer run goes on)
+            log(f"{run} has finished; nothing to train")
+        else:
+            log(f"resumed {run} at epoch {start_epoch} of {cfg['epochs']}")
+    elif resume and run is not None:
+        warnings.warn(f"{run} holds no checkpoint (last.pt) yet: starting the run over from "
+                      f"epoch 0 with its configuration", stacklevel=2)
+
+    if run is not None:  # written once the model is built and a resumed run's checkpoint accepted
+        vers = cfg.get("versions") or versions()
+        if vers != versions():
+            log(f"note: {run} was started with {vers}; now running with {versions()}")
+        atomic_write_text(run / "config.yaml",
+                          dump_yaml({**{k: v for k, v in cfg.items() if k != "versions"},
+                                     "versions": vers}))
 
     preset = cfg.get("preset", "none")
     log(f"preset: {preset}" if preset != "none" else
@@ -320,7 +451,8 @@ def fit(data: Dataset, model: str | None = None, overrides: dict | None = None, 
                 stopped_early = True
                 finished = True
         history.append(row)
-        (epochs_bar.write if progress else log)(msg)
+        if log_every and ((epoch + 1) % log_every == 0 or epoch + 1 == cfg["epochs"] or finished):
+            (epochs_bar.write if progress else log)(msg)
         if epoch + 1 == cfg["epochs"]:
             finished = True
         if run is not None and (finished or (epoch + 1) % cfg["checkpoint_every"] == 0):
