@@ -109,22 +109,15 @@ def train(model, data, out, config_file, sets, seed, device, resume, quiet, log_
         if seed is not None:
             overrides["seed"] = seed
         file_cfg = load_yaml(config_file) if config_file else {}
-        file_model, file_data = file_cfg.pop("model", None), file_cfg.pop("data", None)
-        file_cfg.pop("versions", None)
-        model = model or file_model or "lightgcn"   # the command line wins over the file
-        data_spec = data or file_data
-        from .config import resolve_config
-        from .models import get_model_class
-        cls = get_model_class(model)
-        ds = _load_data(data_spec)
+        from .config import run_config
+        ds = _load_data(data or file_cfg.get("data"))   # the command line wins over the file
+        cfg = run_config(model, ds, file_cfg, overrides)
         if out is None:
             stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-            out = pathlib.Path("runs") / f"{cls.name}-{ds.name}-{stamp}-{secrets.token_hex(3)}"
+            name = f"{cfg['model']}-{ds.name}-{stamp}"
+            out = pathlib.Path("runs") / f"{name}-{secrets.token_hex(3)}"
             while out.exists():  # two runs started in the same second get different folders
-                out = out.with_name(f"{cls.name}-{ds.name}-{stamp}-{secrets.token_hex(3)}")
-        cfg = resolve_config(cls, ds.name, file_cfg, overrides, n_items=ds.n_items)
-        cfg["model"] = cls.name
-        cfg["data"] = str(pathlib.Path(data_spec).resolve()) if data_spec not in (None, "", "synthetic") else "synthetic"
+                out = out.with_name(f"{name}-{secrets.token_hex(3)}")
         res = fit(ds, config=cfg, run_dir=out, device=dev, progress=progress, log=log,
                   log_every=log_every)
     if res["test"]:

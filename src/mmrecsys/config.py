@@ -9,6 +9,7 @@ as YAML and coerced to that type. An unknown key is an error naming the closest 
 from __future__ import annotations
 
 import difflib
+import pathlib
 import math
 from typing import Any
 
@@ -275,6 +276,28 @@ def _check_model_key(k: str, v) -> None:
     elif k.endswith(("weight", "regs", "ratio")):
         if v < 0:
             raise ConfigError(f"{k}={v!r}: must be at least 0 (a loss weight)")
+
+
+def run_config(model: str | None, data, file_cfg: dict | None = None,
+               overrides: dict | None = None) -> dict[str, Any]:
+    """The one resolution of a run's configuration, model and dataset included.
+
+    ``model``: the model name (wins over a ``model:`` key of ``file_cfg``; default lightgcn).
+    ``data``: the :class:`~mmrecsys.data.Dataset` (its name picks the preset; its folder is
+    recorded as ``data``, or ``synthetic`` / its name for in-memory data). ``file_cfg``'s
+    ``data`` and ``versions`` keys are the caller's business and are ignored here.
+    """
+    from .models import get_model_class
+    file_cfg = dict(file_cfg or {})
+    file_model = file_cfg.pop("model", None)
+    file_cfg.pop("data", None)
+    file_cfg.pop("versions", None)
+    cls = get_model_class(model or file_model or "lightgcn")
+    cfg = resolve_config(cls, data.name, file_cfg, overrides, n_items=data.n_items)
+    cfg["model"] = cls.name
+    path = getattr(data, "path", None)
+    cfg["data"] = str(pathlib.Path(path).resolve()) if path is not None else data.name
+    return cfg
 
 
 def model_kwargs(model_cls, cfg: dict) -> dict[str, Any]:

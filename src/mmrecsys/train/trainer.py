@@ -39,7 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..config import dump_yaml, model_kwargs, resolve_config, validate_config
+from ..config import dump_yaml, model_kwargs, run_config, validate_config
 from ..data import Dataset
 from ..errors import ConfigError, RunError
 from ..evaluation import (EvalResult, Ranking, eval_seed, evaluate, heldout_users, is_stochastic,
@@ -278,87 +278,105 @@ def fit(data: Dataset, model: str | None = None, overrides: dict | None = None, 
         device: str | None = "cpu", progress: bool = False, config: dict | None = None,
         resume: bool = False, log=print, file_cfg: dict | None = None,
         log_every: int = 1) -> dict[str, Any]:
-    """Train a model with early stopping; see :func:`_fit` for the arguments and the result.
+    """Train a model with early stopping; return a summary dict.
+
+    Either ``config`` (a resolved configuration, e.g. from a run directory) or ``model`` plus
+    ``file_cfg``/``overrides`` is given. Returns the content of metrics.json plus ``history``,
+    ``model`` (best weights loaded), ``config`` and ``run_dir``.
 
     The run directory is accepted before anything is written to it: a directory holding files
     is refused unless ``resume``. A run that fails before its first checkpoint removes what it
     wrote (it could not be resumed). ``log_every``: print every n-th epoch line (0: none).
     """
+    if config is None:
+        config = run_config(model, data, file_cfg, overrides)
     run = pathlib.Path(run_dir) if run_dir is not None else None
     fresh = created = False
     if run is not None:
         fresh, created = _accept_run_dir(run, resume)
     try:
-        return _fit(data, model, overrides, run, device, progress, config, resume, log, file_cfg,
-                    log_every)
+        trainer = Trainer(data, config, run, device=device, progress=progress, log=log,
+                          log_every=log_every)
+        if resume and run is not None:
+            trainer.resume()
+        return trainer.fit()
     except BaseException:
         if run is not None and fresh:
             _remove_unstarted_run(run, created)
         raise
 
 
-def _fit(data: Dataset, model: str | None = None, overrides: dict | None = None, run_dir=None,
-         device: str | None = "cpu", progress: bool = False, config: dict | None = None,
-         resume: bool = False, log=print, file_cfg: dict | None = None,
-         log_every: int = 1) -> dict[str, Any]:
-    """Train a model with early stopping; return a summary dict (see module docstring).
+class Trainer:
+    """MMRec's training loop with its steps named, in the spirit of RecBole's ``Trainer``.
 
-    Either ``config`` (a resolved configuration, e.g. from a run directory) or ``model`` plus
-    ``file_cfg``/``overrides`` is given. Returns keys ``best_epoch``, ``valid``, ``test``,
-    ``history``, ``model`` (best weights loaded), ``config`` and ``run_dir``.
+    ``Trainer(data, cfg, run_dir)`` sets up (validates the configuration, prepares the data,
+    seeds, builds the model, optimiser, scheduler, sampler and early stopping, in that order, so
+    that a seed fixes every draw); :meth:`resume` restores a run directory's ``last.pt``;
+    :meth:`fit` runs :meth:`train_epoch`, :meth:`evaluate` (every ``eval_step`` epochs) and
+    :meth:`checkpoint` until early stopping or ``epochs``, then :meth:`report`.
     """
-    if config is None:
-        cls = get_model_class(model)
-        config = resolve_config(cls, data.name, file_cfg, overrides)
-        config["model"] = cls.name
-        config.setdefault("data", str(data.path) if data.path else data.name)
-    cfg = config
-    validate_config(cfg, n_items=data.n_items, model_cls=get_model_class(cfg["model"]))
-    log = log or (lambda *a, **k: None)
-    data = prepare_data(data, cfg)
-    dev = resolve_device(device)
-    run = pathlib.Path(run_dir) if run_dir is not None else None
 
-    seed_everything(cfg["seed"])
-    t_build = time.perf_counter()
-    net = build_model(data, cfg, dev)
-    build_seconds = time.perf_counter() - t_build
-    opt, sched = _optimizer(net, cfg)
-    sampler = make_sampler(data, cfg["sampler"], cfg["batch_size"], cfg["negatives_from"],
-                           cfg["neg_exclude_heldout"])
-    rng = np.random.default_rng(cfg["seed"])
-    stopper = EarlyStopping(cfg["valid_metrics"], cfg["patience"], cfg["valid_round"])
-    history: list[dict] = []
-    best: dict[str, Any] = {"epoch": -1, "valid": None, "test": None, "report": {}}
-    best_state = None
-    start_epoch = 0
-    stopped_early = False
-    fp = data.fingerprint(with_features=True)
-    if resume and run is not None and (run / "last.pt").exists():
-        ck = _load_checkpoint(run / "last.pt", dev)
+    def __init__(self, data: Dataset, cfg: dict, run_dir=None, *, device: str | None = "cpu",
+                 progress: bool = False, log=print, log_every: int = 1):
+        validate_config(cfg, n_items=data.n_items, model_cls=get_model_class(cfg["model"]))
+        self.cfg = cfg
+        self.log = log or (lambda *a, **k: None)
+        self.log_every, self.progress = log_every, progress
+        self.data = prepare_data(data, cfg)
+        self.device = resolve_device(device)
+        self.run = pathlib.Path(run_dir) if run_dir is not None else None
+        seed_everything(cfg["seed"])
+        t_build = time.perf_counter()
+        self.net = build_model(self.data, cfg, self.device)
+        self.build_seconds = time.perf_counter() - t_build
+        self.opt, self.sched = _optimizer(self.net, cfg)
+        self.sampler = make_sampler(self.data, cfg["sampler"], cfg["batch_size"],
+                                    cfg["negatives_from"], cfg["neg_exclude_heldout"])
+        self.rng = np.random.default_rng(cfg["seed"])
+        self.stopper = EarlyStopping(cfg["valid_metrics"], cfg["patience"], cfg["valid_round"])
+        self.history: list[dict] = []
+        self.best: dict[str, Any] = {"epoch": -1, "valid": None, "test": None, "report": {}}
+        self.best_state = None
+        self.start_epoch = 0
+        self.stopped_early = False
+        self.finished = False
+        self.fingerprint = self.data.fingerprint(with_features=True)
+        self._resumed = False
+
+    # ------------------------------------------------------------------ resume
+    def resume(self) -> None:
+        """Restore the run directory's last.pt (weights, optimiser, scheduler, RNG states,
+        stopping state, history); starts over, with a warning, when there is none yet."""
+        run, cfg, fp = self.run, self.cfg, self.fingerprint
+        if not (run / "last.pt").exists():
+            warnings.warn(f"{run} holds no checkpoint (last.pt) yet: starting the run over from "
+                          f"epoch 0 with its configuration", stacklevel=3)
+            return
+        ck = _load_checkpoint(run / "last.pt", self.device)
         if ck.get("dataset_fingerprint", fp) != fp:
-            raise RunError(f"the dataset {data.path or data.name} differs from the one {run} was "
-                           f"trained on (content fingerprint {fp}, the run's "
+            raise RunError(f"the dataset {self.data.path or self.data.name} differs from the one "
+                           f"{run} was trained on (content fingerprint {fp}, the run's "
                            f"{ck['dataset_fingerprint']}); a run resumes only on the same data. "
                            f"Restore the data, or start a new run (--out)")
         if ck["epoch"] + 1 > cfg["epochs"]:
             raise RunError(f"epochs={cfg['epochs']} is below the {ck['epoch'] + 1} epochs {run} has "
                            f"already run; give at least {ck['epoch'] + 1}")
         try:
-            net.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            sched.load_state_dict(ck["scheduler"])
-            rng.bit_generator.state = ck["numpy_rng"]
+            self.net.load_state_dict(ck["model"])
+            self.opt.load_state_dict(ck["optimizer"])
+            self.sched.load_state_dict(ck["scheduler"])
+            self.rng.bit_generator.state = ck["numpy_rng"]
             torch.set_rng_state(ck["torch_rng"])
             random.setstate(tuple(ck["python_rng"]))
-            stopper.load_state_dict(ck["stopper"])
-            history, best, start_epoch = ck["history"], ck["best"], ck["epoch"] + 1
-            best.setdefault("report", {})
-            stopped_early = bool(ck.get("stopped_early", False))
+            self.stopper.load_state_dict(ck["stopper"])
+            self.history, self.best = ck["history"], ck["best"]
+            self.start_epoch = ck["epoch"] + 1
+            self.best.setdefault("report", {})
+            self.stopped_early = bool(ck.get("stopped_early", False))
             if (run / "best.pt").exists():
-                best_state = _load_checkpoint(run / "best.pt", dev)
-                own = net.state_dict()
-                if {k: tuple(v.shape) for k, v in best_state.items()} != {
+                self.best_state = _load_checkpoint(run / "best.pt", self.device)
+                own = self.net.state_dict()
+                if {k: tuple(v.shape) for k, v in self.best_state.items()} != {
                         k: tuple(v.shape) for k, v in own.items()}:
                     raise ValueError("best.pt holds other weights than the model's")
         except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
@@ -366,43 +384,25 @@ def _fit(data: Dataset, model: str | None = None, overrides: dict | None = None,
             raise RunError(f"{run}: its checkpoint does not fit the model built from its "
                            f"config.yaml ({type(e).__name__}: {first}); was config.yaml edited? "
                            f"Restore it, or start a new run (--out)") from None
-        if ck.get("finished") and (stopped_early or start_epoch >= cfg["epochs"]):
-            start_epoch = cfg["epochs"]  # finished: rewrite its results (a longer run goes on)
-            log(f"{run} has finished; nothing to train")
+        self._resumed = True
+        if ck.get("finished") and (self.stopped_early or self.start_epoch >= cfg["epochs"]):
+            self.start_epoch = cfg["epochs"]  # finished: rewrite its results (a longer run goes on)
+            self.log(f"{run} has finished; nothing to train")
         else:
-            log(f"resumed {run} at epoch {start_epoch} of {cfg['epochs']}")
-    elif resume and run is not None:
-        warnings.warn(f"{run} holds no checkpoint (last.pt) yet: starting the run over from "
-                      f"epoch 0 with its configuration", stacklevel=2)
+            self.log(f"resumed {run} at epoch {self.start_epoch} of {cfg['epochs']}")
 
-    if run is not None:  # written once the model is built and a resumed run's checkpoint accepted
-        vers = cfg.get("versions") or versions()
-        if vers != versions():
-            log(f"note: {run} was started with {vers}; now running with {versions()}")
-        atomic_write_text(run / "config.yaml",
-                          dump_yaml({**{k: v for k, v in cfg.items() if k != "versions"},
-                                     "versions": vers}))
-
-    preset = cfg.get("preset", "none")
-    log(f"preset: {preset}" if preset != "none" else
-        f"preset: none (no preset of {cfg['model']} matches dataset {data.name!r})")
-    if data.features:
-        log("modalities: " + ", ".join(f"{m} ({x.shape[1]}-d)" for m, x in data.features.items()))
-    else:
-        log("modalities: none")
-    log(f"{type(net).__name__} on {data.name}: {sum(p.numel() for p in net.parameters()):,} "
-        f"parameters, device {dev}, built in {build_seconds:.1f}s")
-    epochs_bar = tqdm(range(start_epoch, cfg["epochs"]), desc="epochs", disable=not progress,
-                      initial=start_epoch, total=cfg["epochs"], dynamic_ncols=True)
-    finished = False
-    for epoch in epochs_bar:
+    # ------------------------------------------------------------------ steps
+    def train_epoch(self, epoch: int) -> dict:
+        """One pass over the sampler's batches; the history row (mean loss terms, seconds)."""
+        net, opt, dev = self.net, self.opt, self.device
         t0 = time.perf_counter()
         net.train()
         net.pre_epoch(epoch)
         sums: dict[str, float] = {}
         n_batches = 0
-        for users, pos, neg in tqdm(sampler.epoch(rng), total=len(sampler), desc=f"epoch {epoch}",
-                                    leave=False, disable=not progress, dynamic_ncols=True):
+        for users, pos, neg in tqdm(self.sampler.epoch(self.rng), total=len(self.sampler),
+                                    desc=f"epoch {epoch}", leave=False,
+                                    disable=not self.progress, dynamic_ncols=True):
             u = torch.as_tensor(users, device=dev)
             p = torch.as_tensor(pos, device=dev)
             n = torch.as_tensor(neg, device=dev)
@@ -414,69 +414,131 @@ def _fit(data: Dataset, model: str | None = None, overrides: dict | None = None,
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             n_batches += 1
-        sched.step()
-        train_seconds = time.perf_counter() - t0
-        total_loss = sum(sums.values()) / max(n_batches, 1)
-        row = {"epoch": epoch, "loss": total_loss,
-               **{f"loss_{k}": v / max(n_batches, 1) for k, v in sums.items()},
-               "train_seconds": round(train_seconds, 3)}
-        if not math.isfinite(total_loss):
-            log(f"epoch {epoch}: loss is {total_loss}; stopping (best results so far are kept)")
-            history.append(row)
-            stopped_early = True
-            finished = True
-            break
-        msg = f"epoch {epoch:4d} | loss {total_loss:.4f} | train {train_seconds:.2f}s"
-        evaluated_before = any("eval_seconds" in r for r in history)
-        if (epoch + 1) % cfg["eval_step"] == 0 or (epoch + 1 == cfg["epochs"] and not evaluated_before):
-            t1 = time.perf_counter()
-            ev = EpochEvaluator(net, data, cfg, epoch, dev)
-            valid = ev("valid").metrics
-            improved = stopper.update(valid)
-            if improved:
-                test_res = ev("test", keep_topk=True)
-                best = {"epoch": epoch, "valid": valid, "test": test_res.metrics,
-                        "report": reports_of_test_pass(net, data, cfg, test_res)}
-                best_state = copy.deepcopy(net.state_dict())
-                if run is not None:  # the best weights, their ranked lists and metrics together
-                    atomic_torch_save(run / "best.pt", best_state)
-                    write_topk(run / "topk_test.tsv", test_res)
-                    atomic_write_json(run / "metrics.json", summarize(
-                        cfg, data, best, len(history) + 1, False, build_seconds, fp))
-            eval_seconds = time.perf_counter() - t1
-            row.update({f"valid_{k}": v for k, v in valid.items()})
-            row["eval_seconds"] = round(eval_seconds, 3)
-            msg += (f" | valid {_fmt(valid)}{' *' if improved else ''} | eval {eval_seconds:.2f}s")
-            if stopper.should_stop:
-                stopped_early = True
-                finished = True
-        history.append(row)
-        if log_every and ((epoch + 1) % log_every == 0 or epoch + 1 == cfg["epochs"] or finished):
-            (epochs_bar.write if progress else log)(msg)
-        if epoch + 1 == cfg["epochs"]:
-            finished = True
-        if run is not None and (finished or (epoch + 1) % cfg["checkpoint_every"] == 0):
-            _write_history(run / "history.csv", history)
-            atomic_torch_save(run / "last.pt", {
-                "model": net.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "numpy_rng": rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
-                "stopper": stopper.state_dict(), "history": history, "best": best,
-                "epoch": epoch, "finished": finished, "stopped_early": stopped_early,
-                "dataset_fingerprint": fp})
-        if finished:
-            break
-    epochs_bar.close()
+        self.sched.step()
+        n = max(n_batches, 1)
+        return {"epoch": epoch, "loss": sum(sums.values()) / n,
+                **{f"loss_{k}": v / n for k, v in sums.items()},
+                "train_seconds": round(time.perf_counter() - t0, 3)}
 
-    if best_state is not None:
-        net.load_state_dict(best_state)
-    summary = summarize(cfg, data, best, len(history), stopped_early, build_seconds, fp)
-    if run is not None:
-        _write_history(run / "history.csv", history)
-        atomic_write_json(run / "metrics.json", summary)
-    log(f"best epoch {best['epoch']}: valid {_fmt(best['valid'] or {})} | test "
-        f"{_fmt(best['test'] or {})}")
-    return {**summary, "history": history, "model": net, "config": cfg, "run_dir": run}
+    def should_evaluate(self, epoch: int) -> bool:
+        """Every ``eval_step`` epochs, and the last epoch of a run that never evaluated."""
+        last = epoch + 1 == self.cfg["epochs"]
+        return (epoch + 1) % self.cfg["eval_step"] == 0 or (
+            last and not any("eval_seconds" in r for r in self.history))
+
+    def evaluate(self, epoch: int, row: dict) -> bool:
+        """Validation; on improvement, the test pass, its reports and the best weights (with
+        topk_test.tsv and metrics.json written together). Adds the metrics to ``row``."""
+        t1 = time.perf_counter()
+        ev = EpochEvaluator(self.net, self.data, self.cfg, epoch, self.device)
+        valid = ev("valid").metrics
+        improved = self.stopper.update(valid)
+        if improved:
+            test_res = ev("test", keep_topk=True)
+            self.best = {"epoch": epoch, "valid": valid, "test": test_res.metrics,
+                         "report": reports_of_test_pass(self.net, self.data, self.cfg, test_res)}
+            self.best_state = copy.deepcopy(self.net.state_dict())
+            if self.run is not None:
+                atomic_torch_save(self.run / "best.pt", self.best_state)
+                write_topk(self.run / "topk_test.tsv", test_res)
+                atomic_write_json(self.run / "metrics.json", self.summary(len(self.history) + 1))
+        row.update({f"valid_{k}": v for k, v in valid.items()})
+        row["eval_seconds"] = round(time.perf_counter() - t1, 3)
+        if self.stopper.should_stop:
+            self.stopped_early = self.finished = True
+        return improved
+
+    def checkpoint(self, epoch: int) -> None:
+        """history.csv and last.pt: everything a resumed run needs to continue exactly."""
+        _write_history(self.run / "history.csv", self.history)
+        atomic_torch_save(self.run / "last.pt", {
+            "model": self.net.state_dict(), "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(), "numpy_rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+            "stopper": self.stopper.state_dict(), "history": self.history, "best": self.best,
+            "epoch": epoch, "finished": self.finished, "stopped_early": self.stopped_early,
+            "dataset_fingerprint": self.fingerprint})
+
+    def summary(self, epochs_run: int | None = None) -> dict:
+        return summarize(self.cfg, self.data, self.best,
+                         len(self.history) if epochs_run is None else epochs_run,
+                         self.stopped_early, self.build_seconds, self.fingerprint)
+
+    def report(self) -> dict[str, Any]:
+        """Best weights loaded; metrics.json and history.csv written; the summary returned."""
+        if self.best_state is not None:
+            self.net.load_state_dict(self.best_state)
+        summary = self.summary()
+        if self.run is not None:
+            _write_history(self.run / "history.csv", self.history)
+            atomic_write_json(self.run / "metrics.json", summary)
+        best = self.best
+        self.log(f"best epoch {best['epoch']}: valid {_fmt(best['valid'] or {})} | test "
+                 f"{_fmt(best['test'] or {})}")
+        return {**summary, "history": self.history, "model": self.net, "config": self.cfg,
+                "run_dir": self.run}
+
+    # ------------------------------------------------------------------ the loop
+    def _write_config(self) -> None:
+        """config.yaml, written once the model is built and a resumed checkpoint accepted."""
+        cfg, run = self.cfg, self.run
+        vers = cfg.get("versions") or versions()
+        if vers != versions():
+            self.log(f"note: {run} was started with {vers}; now running with {versions()}")
+        atomic_write_text(run / "config.yaml",
+                          dump_yaml({**{k: v for k, v in cfg.items() if k != "versions"},
+                                     "versions": vers}))
+
+    def _log_setup(self) -> None:
+        cfg, data, net = self.cfg, self.data, self.net
+        preset = cfg.get("preset", "none")
+        self.log(f"preset: {preset}" if preset != "none" else
+                 f"preset: none (no preset of {cfg['model']} matches dataset {data.name!r})")
+        if data.features:
+            self.log("modalities: " + ", ".join(f"{m} ({x.shape[1]}-d)"
+                                               for m, x in data.features.items()))
+        else:
+            self.log("modalities: none")
+        self.log(f"{type(net).__name__} on {data.name}: "
+                 f"{sum(p.numel() for p in net.parameters()):,} parameters, device "
+                 f"{self.device}, built in {self.build_seconds:.1f}s")
+
+    def fit(self) -> dict[str, Any]:
+        """Train until early stopping or ``epochs``; return :meth:`report`'s summary."""
+        cfg = self.cfg
+        if self.run is not None:
+            self._write_config()
+        self._log_setup()
+        bar = tqdm(range(self.start_epoch, cfg["epochs"]), desc="epochs",
+                   disable=not self.progress, initial=self.start_epoch, total=cfg["epochs"],
+                   dynamic_ncols=True)
+        for epoch in bar:
+            row = self.train_epoch(epoch)
+            loss = row["loss"]
+            if not math.isfinite(loss):
+                self.log(f"epoch {epoch}: loss is {loss}; stopping (best results so far are kept)")
+                self.history.append(row)
+                self.stopped_early = self.finished = True
+                break
+            msg = f"epoch {epoch:4d} | loss {loss:.4f} | train {row['train_seconds']:.2f}s"
+            if self.should_evaluate(epoch):
+                improved = self.evaluate(epoch, row)
+                valid = {k[len("valid_"):]: v for k, v in row.items() if k.startswith("valid_")}
+                msg += (f" | valid {_fmt(valid)}{' *' if improved else ''} | "
+                        f"eval {row['eval_seconds']:.2f}s")
+            self.history.append(row)
+            if self.log_every and ((epoch + 1) % self.log_every == 0
+                                   or epoch + 1 == cfg["epochs"] or self.finished):
+                (bar.write if self.progress else self.log)(msg)
+            if epoch + 1 == cfg["epochs"]:
+                self.finished = True
+            if self.run is not None and (self.finished
+                                         or (epoch + 1) % cfg["checkpoint_every"] == 0):
+                self.checkpoint(epoch)
+            if self.finished:
+                break
+        bar.close()
+        return self.report()
 
 
 def summarize(cfg, data, best, epochs_run, stopped_early, build_seconds, fingerprint) -> dict:
