@@ -84,6 +84,7 @@ def main(argv=None):
     ap.add_argument("--out", default=str(WORK / "synthetic_seeds.jsonl"))
     ap.add_argument("--max-epochs", type=int, default=None)
     ap.add_argument("--table-only", action="store_true", help="print the table of --out")
+    ap.add_argument("--verbose", action="store_true", help="log every epoch (to stderr)")
     ap.add_argument("--explain", action="store_true",
                     help="train each model once (first seed) and print how it scores new/cold items")
     args = ap.parse_args(argv)
@@ -94,8 +95,12 @@ def main(argv=None):
     done = [json.loads(x) for x in out.read_text().splitlines()] if out.exists() else []
     have = {(r["model"], r["seed"], r["setting"]) for r in done}
     if not args.table_only:
+        import logging
+
         import torch
         torch.set_num_threads(2)
+        if args.verbose:
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
         for seed in args.seeds:
             base, cold = datasets(seed)
             for model in args.models:
