@@ -10,7 +10,8 @@ from mmrecsys.evaluation.metrics_mmhcl import ndcg_mmhcl
 from mmrecsys.graphs import GraphCache
 from mmrecsys.graphs.hypergraph import (TorchHypergraph, i2i_hypergraph, knn_incidence,
                                         multimodal_knn_incidence, u2u_hypergraph, u2u_matrix)
-from mmrecsys.models.mmhcl import MMHCL, all_node_infonce, dense_infonce, ui_sym_adjacency
+from mmrecsys.graphs import normalized_adjacency
+from mmrecsys.models.mmhcl import MMHCL, all_node_infonce, dense_infonce
 
 
 def _csr(rows, shape):
@@ -135,7 +136,7 @@ def dense_operators(data, k):
 def test_ui_adjacency_matches_dense():
     data = tiny_data()
     a_hat, _, _ = dense_operators(data, 3)
-    np.testing.assert_allclose(ui_sym_adjacency(data.train).toarray(), a_hat, atol=1e-6)
+    np.testing.assert_allclose(normalized_adjacency(data.train, eps=0.0).toarray(), a_hat, atol=1e-6)
 
 
 def test_hypergraph_convolution_matches_dense_powers():

@@ -9,11 +9,11 @@ import torch
 from mmrecsys.data import Dataset
 from mmrecsys.graphs import GraphCache
 from mmrecsys.graphs.cooccurrence import (cooccurrence_topk, item_cooccurrence_graph,
-                                          mixed_homograph, rearm_homographs, similarity_graph,
-                                          user_cooccurrence_graph, user_interest_features)
+                                          similarity_graph, user_cooccurrence_graph,
+                                          user_interest_features, weighted_sum)
 from mmrecsys.models import rearm as rearm_mod
 from mmrecsys.models.rearm import (REARM, ScalarAttention, info_nce, meta_transform,
-                                   orthogonal_loss)
+                                   orthogonal_loss, rearm_homographs)
 
 E = math.e
 
@@ -157,7 +157,7 @@ def test_mixed_homographs_match_their_formula_and_cache(tmp_path):
     kw = dict(user_k=3, item_k=2, uu_co_weight=0.4, ii_co_weight=0.2, u_image_weight=0.3,
               i_image_weight=0.6, seed=7)
     cache = GraphCache(tmp_path)
-    g_u, g_i, _ = rearm_homographs(data, cache=cache, **kw)
+    g_u, g_i = rearm_homographs(data, cached=cache.get_or_build, **kw)
     assert cache.misses == 6 and cache.hits == 0
     v, t = data.features["image_feat"], data.features["text_feat"]
     cu = user_cooccurrence_graph(data.train, 3, seed=7).toarray()
@@ -172,17 +172,17 @@ def test_mixed_homographs_match_their_formula_and_cache(tmp_path):
     np.testing.assert_allclose(g_i.toarray().sum(1), 0.2 + 0.8 * mean_sim, rtol=1e-5)
     assert g_i.getnnz(axis=1).max() <= 3 * 2
     # second build: every component from the cache; another k is a different key
-    g_u2, _, _ = rearm_homographs(data, cache=cache, **kw)
+    g_u2, _ = rearm_homographs(data, cached=cache.get_or_build, **kw)
     assert cache.hits == 6 and (g_u2 != g_u).nnz == 0
-    rearm_homographs(data, cache=cache, **{**kw, "item_k": 3})
+    rearm_homographs(data, cached=cache.get_or_build, **{**kw, "item_k": 3})
     assert cache.misses == 6 + 3
     # weight 0 removes a graph (it is not even built)
     c2 = GraphCache(tmp_path / "c2")
-    g_u0, _, _ = rearm_homographs(data, cache=c2, **{**kw, "u_image_weight": 0.0})
+    g_u0, _ = rearm_homographs(data, cached=c2.get_or_build, **{**kw, "u_image_weight": 0.0})
     np.testing.assert_allclose(g_u0.toarray(), 0.4 * cu + 0.6 * sut, atol=1e-6)
     assert not list((tmp_path / "c2").glob("rearm-user-knn-image_feat-*"))
     with pytest.raises(ValueError):
-        mixed_homograph(None, [None], [0.0], 0.0)
+        weighted_sum([(0.0, None), (0.0, None)])
 
 
 # ----------------------------------------------------------------------------- attention

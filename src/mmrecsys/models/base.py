@@ -16,7 +16,8 @@ The trainer calls:
 from __future__ import annotations
 
 import inspect
-from typing import Any, ClassVar
+import time
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -25,6 +26,7 @@ from ..data import Dataset
 from ..graphs import GraphCache
 
 MODELS: dict[str, type["Recommender"]] = {}
+_NO_CACHE = GraphCache(None)
 #: built-in models: registry name -> module of this package (imported on first use)
 BUILTIN = {"bpr": "bpr", "lightgcn": "lightgcn", "lgmrec": "lgmrec", "mmhcl": "mmhcl",
            "rearm": "rearm"}
@@ -56,6 +58,22 @@ class Recommender(nn.Module):
                 f"item id) beside {data.name}.inter, or generate proxy features.")
         self.n_users = data.n_users
         self.n_items = data.n_items
+        #: seconds spent getting each precomputed graph (built, or loaded from the graph cache)
+        self.graph_seconds: dict[str, float] = {}
+
+    # -- precomputed graphs ------------------------------------------------------
+    def cached_graph(self, cache: GraphCache | None, name: str, key: dict, build: Callable[[], Any]):
+        """``build()``, or its result stored in ``cache`` under ``name`` and ``key``.
+
+        The one place a model's fixed graphs meet the on-disk cache (``cache=None``: always
+        built). ``key`` must hold everything the result depends on: the dataset fingerprint,
+        the hyperparameters used and a builder version. The time taken is recorded in
+        :attr:`graph_seconds` under ``name``.
+        """
+        t0 = time.perf_counter()
+        out = (cache if cache is not None else _NO_CACHE).get_or_build(name, key, build)
+        self.graph_seconds[name] = time.perf_counter() - t0
+        return out
 
     # -- hyperparameters -------------------------------------------------------
     @classmethod

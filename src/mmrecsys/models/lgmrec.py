@@ -94,9 +94,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..graphs import SparseGraph, bipartite_adjacency, sym_normalize
+from ..graphs import SparseGraph, binarize, inv_power, normalized_adjacency
 from .base import Recommender
-from .layers import bpr_logsigmoid, emb_loss
+from .layers import bpr_logsigmoid, emb_loss, power, propagate
 
 _EPS_NORM = 1e-12   # F.normalize's eps
 _EPS_DEG = 1e-7     # degree epsilon of Â and of the user mean (§2.1, §2.3)
@@ -265,16 +265,11 @@ class LGMRec(Recommender):
 
         # constant graphs (§2.1): Â (symmetric), R and Rᵀ, 1/(deg_u + 1e-7)
         def build():
-            r = data.train.tocsr().astype(np.float32)
-            r.data[:] = 1.0
-            adj = sym_normalize(bipartite_adjacency(r), eps=_EPS_DEG)
-            inv_deg = 1.0 / (np.diff(r.indptr).astype(np.float32) + np.float32(_EPS_DEG))
-            return {"norm_adj": adj, "inter": r, "inv_user_degree": inv_deg.astype(np.float32)}
-        if cache is not None:
-            g = cache.get_or_build("lgmrec-graphs", {"data": data.fingerprint(with_features=False),
-                                                     "eps": _EPS_DEG, "version": 1}, build)
-        else:
-            g = build()
+            r = binarize(data.train)
+            return {"norm_adj": normalized_adjacency(r, eps=_EPS_DEG), "inter": r,
+                    "inv_user_degree": inv_power(np.diff(r.indptr).astype(np.float32), 1.0, _EPS_DEG)}
+        g = self.cached_graph(cache, "lgmrec-graphs", {"data": data.fingerprint(with_features=False),
+                                                       "eps": _EPS_DEG, "version": 1}, build)
         self.norm_adj = SparseGraph(g["norm_adj"], symmetric=True)   # Â, (U+I)²
         self.inter = SparseGraph(g["inter"], symmetric=False)        # R, (U, I)
         self.register_buffer("inv_user_degree", torch.from_numpy(g["inv_user_degree"])[:, None],
@@ -328,18 +323,8 @@ class LGMRec(Recommender):
 
     def local_propagation(self, ego: torch.Tensor, modal: list[torch.Tensor]):
         """E_c = mean_{l≤L_c} Â^l E⁰ (E⁰ for mf) and F^m = Â^{L_m} F^m_0 (one SpMM per block)."""
-        lc = self.n_ui_layers if self.cf_model == "lightgcn" else 0
-        h, acc = ego, ego
-        for _ in range(lc):
-            h = self.norm_adj(h)
-            acc = acc + h
-        e_c = acc / (lc + 1) if lc else ego
-        feats = []
-        for f in modal:
-            for _ in range(self.n_mm_layers):
-                f = self.norm_adj(f)
-            feats.append(f)
-        return e_c, feats
+        e_c = propagate(self.norm_adj, ego, self.n_ui_layers) if self.cf_model == "lightgcn" else ego
+        return e_c, [power(self.norm_adj, f, self.n_mm_layers) for f in modal]
 
     def hypergraph(self, h_item: torch.Tensor, h_user: torch.Tensor, g_item0: torch.Tensor):
         """L_h layers of Z = H̄_iᵀ G_i, G_i = H̄_i Z; users read G_u = H̄_u Z of the last layer."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..graphs import SparseGraph, bipartite_adjacency, sym_normalize
+from ..graphs import SparseGraph, normalized_adjacency
 from .base import Recommender
 from .layers import bpr_loss, emb_loss, propagate
 
@@ -37,8 +37,7 @@ class LightGCN(Recommender):
         self.n_layers = n_layers
         self.reg_weight = reg_weight
         self.embedding = nn.Parameter(torch.empty(self.n_users + self.n_items, embedding_size))
-        adj = sym_normalize(bipartite_adjacency(data.train))
-        self.norm_adj = SparseGraph(adj, symmetric=True)
+        self.norm_adj = SparseGraph(normalized_adjacency(data.train), symmetric=True)
         self.reset_parameters()
 
     def reset_parameters(self):

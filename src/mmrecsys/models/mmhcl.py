@@ -41,17 +41,15 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..graphs import SparseGraph, bipartite_adjacency
+from ..graphs import SparseGraph, normalized_adjacency
 from ..graphs.hypergraph import (HYPERGRAPH_VERSION, TorchHypergraph, i2i_hypergraph,
                                  multimodal_knn_incidence, u2u_hypergraph)
 from .base import Recommender
-from .layers import bpr_logsigmoid, propagate
+from .layers import bpr_logsigmoid, power, propagate
 
 _LOG2E = 1.0 / math.log(2.0)
 
@@ -138,19 +136,6 @@ def dense_infonce(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tenso
     return -torch.log(between.diag() / (refl.sum(1) + between.sum(1) - refl.diag())).mean()
 
 
-# ---------------------------------------------------------------------------- graphs
-def ui_sym_adjacency(train: sp.spmatrix) -> sp.csr_matrix:
-    """Â = D^{-1/2} A D^{-1/2} with 0^{-1/2} = 0 (spec §2.1: isolated nodes get zero rows)."""
-    a = bipartite_adjacency(train)
-    deg = np.asarray(a.sum(axis=1)).ravel()
-    d = np.zeros_like(deg, dtype=np.float64)
-    d[deg > 0] = deg[deg > 0] ** -0.5
-    dm = sp.diags(d.astype(np.float32))
-    out = (dm @ a @ dm).tocsr()
-    out.sort_indices()
-    return out
-
-
 # ---------------------------------------------------------------------------- model
 class MMHCL(Recommender):
     """MMHCL with the LightGCN backbone (the only one used in the authors' logs).
@@ -228,7 +213,8 @@ class MMHCL(Recommender):
         self.uu_embedding = nn.Parameter(torch.empty(self.n_users, embed_size))        # Q_U
         self.ii_embedding = nn.Parameter(torch.empty(self.n_items, embed_size))        # Q_I
 
-        self.ui_adj = SparseGraph(ui_sym_adjacency(data.train), symmetric=True)
+        # Â with 0^{-1/2} = 0: isolated nodes get zero rows (get_UI_mat, norm 'sym')
+        self.ui_adj = SparseGraph(normalized_adjacency(data.train, eps=0.0), symmetric=True)
         fp_train = data.fingerprint(with_features=False)
         u2u_key = {"fingerprint": fp_train, "version": HYPERGRAPH_VERSION}
         feats = [data.features[m] for m in data.modalities]
@@ -241,11 +227,8 @@ class MMHCL(Recommender):
         def build_i2i():
             return i2i_hypergraph(multimodal_knn_incidence(feats, knn_k, chunk_size=knn_chunk_size))
 
-        if cache is not None:
-            g_uu = cache.get_or_build("mmhcl-u2u", u2u_key, build_u2u)
-            g_ii = cache.get_or_build("mmhcl-i2i", i2i_key, build_i2i)
-        else:
-            g_uu, g_ii = build_u2u(), build_i2i()
+        g_uu = self.cached_graph(cache, "mmhcl-u2u", u2u_key, build_u2u)
+        g_ii = self.cached_graph(cache, "mmhcl-i2i", i2i_key, build_i2i)
         self.u2u = TorchHypergraph(g_uu)
         self.i2i = TorchHypergraph(g_ii)
         self.reset_parameters()
@@ -259,11 +242,11 @@ class MMHCL(Recommender):
     def forward(self):
         """(ẽ_U, ẽ_I, h_I, h_U) of spec §3.2."""
         if self.item_loss_ratio != 0:
-            h_i = self.i2i.power(self.ii_embedding, self.item_layers)
+            h_i = power(self.i2i, self.ii_embedding, self.item_layers)
         else:
             h_i = self.ii_embedding
         if self.user_loss_ratio != 0:
-            h_u = self.u2u.power(self.uu_embedding, self.user_layers)
+            h_u = power(self.u2u, self.uu_embedding, self.user_layers)
         else:
             h_u = self.uu_embedding
         ego = torch.cat([self.user_ui_embedding, self.item_ui_embedding], 0)

@@ -69,6 +69,8 @@ interactions, as the code does; never triggers on Baby/Sports/Clothing) and the 
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
 
 import numpy as np
@@ -76,11 +78,89 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..graphs import SparseGraph, bipartite_adjacency, sym_normalize
-from ..graphs.cooccurrence import rearm_homographs, user_interest_features
+from ..graphs import SparseGraph, normalized_adjacency
+from ..graphs.cooccurrence import (item_cooccurrence_graph, similarity_graph,
+                                   user_cooccurrence_graph, user_interest_features, weighted_sum)
 from .base import Recommender
+from .layers import power, propagate
 
 _EPS_NORM = 1e-12
+BUILDER_VERSION = 1
+
+
+# ----------------------------------------------------------------------------- homographs
+def _array_hash(*arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def modality_weights(n_modalities: int, image_weight: float) -> list[float]:
+    """β for the first modality (image), the rest (1 − β) shared equally (the code has two)."""
+    if n_modalities == 1:
+        return [1.0]
+    rest = (1.0 - image_weight) / (n_modalities - 1)
+    return [float(image_weight)] + [rest] * (n_modalities - 1)
+
+
+def rearm_homographs(data, *, user_k: int, item_k: int, uu_co_weight: float, ii_co_weight: float,
+                     u_image_weight: float, i_image_weight: float, seed: int = 2025,
+                     user_popularity: np.ndarray | None = None, user_interest: dict | None = None,
+                     knn_chunk: int = 4096, cached=None):
+    """REARM's homographs (G^U, G^I) as CSR (``utils/data_loader.py`` ``Load_dataset`` and
+    ``model.py`` ``REARM.__init__`` of ``MrShouxingMa/REARM``)::
+
+        G = α Ĉ + (1 − α) Σ_m w_m S_k^m / k,   w = (β, (1 − β)/(M − 1), …)
+
+    from the co-occurrence and similarity graphs of :mod:`mmrecsys.graphs.cooccurrence`;
+    directed, never symmetrised. Components with weight 0 are not built.
+
+    Args:
+        user_popularity: fallback ranking of users with no co-occurring user (default: their
+            training interactions).
+        user_interest: precomputed user interest vectors per modality (computed when missing).
+        cached: ``cached(name, key, build)`` returns each component (e.g. a
+            :class:`~mmrecsys.graphs.GraphCache`'s ``get_or_build``); default: build it.
+    """
+    fp_train = data.fingerprint(with_features=False)
+    train = data.train
+    mods = list(data.features)
+
+    def get(name, key, build):
+        key = {"data": fp_train, "version": BUILDER_VERSION, **key}
+        return cached(name, key, build) if cached is not None else build()
+
+    pop_key = "train" if user_popularity is None else _array_hash(np.asarray(user_popularity))
+    wu = modality_weights(len(mods), u_image_weight)
+    wi = modality_weights(len(mods), i_image_weight)
+
+    cu = ci = None
+    if uu_co_weight != 0:
+        cu = get("rearm-user-cooc", {"k": user_k, "seed": seed, "popularity": pop_key},
+                 lambda: user_cooccurrence_graph(train, user_k, seed, user_popularity))
+    if ii_co_weight != 0:
+        ci = get("rearm-item-cooc", {"k": item_k, "seed": seed},
+                 lambda: item_cooccurrence_graph(train, item_k, seed))
+    su, si = [], []
+    for m, name in enumerate(mods):
+        feat = data.features[name]
+        fkey = {"modality": name, "features": _array_hash(feat)}
+        if (1 - ii_co_weight) * wi[m] != 0:
+            si.append(get(f"rearm-item-knn-{name}", {"k": item_k, **fkey},
+                          lambda f=feat: similarity_graph(f, item_k, knn_chunk)))
+        else:
+            si.append(None)
+        if (1 - uu_co_weight) * wu[m] != 0:
+            def build_user(f=feat, name=name):
+                xu = user_interest[name] if user_interest is not None else user_interest_features(train, f)
+                return similarity_graph(xu, user_k, knn_chunk)
+            su.append(get(f"rearm-user-knn-{name}", {"k": user_k, **fkey}, build_user))
+        else:
+            su.append(None)
+    g_u = weighted_sum([(uu_co_weight, cu)] + [((1 - uu_co_weight) * w, s) for w, s in zip(wu, su)])
+    g_i = weighted_sum([(ii_co_weight, ci)] + [((1 - ii_co_weight) * w, s) for w, s in zip(wi, si)])
+    return g_u, g_i
 
 
 def _random_words(shape, device) -> torch.Tensor:
@@ -340,14 +420,14 @@ class REARM(Recommender):
         if user_popularity_heldout:
             pop = (np.diff(data.train.indptr) + np.diff(data.valid.indptr)
                    + np.diff(data.test.indptr))
-        g_u, g_i, self.graph_seconds = rearm_homographs(
+        g_u, g_i = rearm_homographs(
             data, user_k=user_knn_k, item_k=item_knn_k, uu_co_weight=uu_co_weight,
             ii_co_weight=ii_co_weight, u_image_weight=u_mm_image_weight,
-            i_image_weight=i_mm_image_weight, seed=graph_seed, user_popularity=pop, cache=cache,
-            user_interest=user_interest)
+            i_image_weight=i_mm_image_weight, seed=graph_seed, user_popularity=pop,
+            user_interest=user_interest, cached=functools.partial(self.cached_graph, cache))
         self.user_graph = SparseGraph(g_u, symmetric=False)
         self.item_graph = SparseGraph(g_i, symmetric=False)
-        self.norm_adj = SparseGraph(sym_normalize(bipartite_adjacency(data.train)), symmetric=True)
+        self.norm_adj = SparseGraph(normalized_adjacency(data.train), symmetric=True)
 
         # -- parameters (§3.1) ----------------------------------------------------------
         self.user_embedding = nn.Parameter(torch.empty(U, d))
@@ -385,9 +465,7 @@ class REARM(Recommender):
 
     # ------------------------------------------------------------------ forward
     def _homograph(self, graph, emb, feats, n_layers):
-        z = torch.cat([emb] + feats, dim=1)                    # (n, (M+1) d)
-        for _ in range(n_layers):
-            z = graph(z)
+        z = power(graph, torch.cat([emb] + feats, dim=1), n_layers)   # (n, (M+1) d)
         z = F.normalize(z, dim=1, eps=_EPS_NORM)               # one joint norm per row
         return z.split(self.embedding_dim, dim=1)
 
@@ -406,12 +484,7 @@ class REARM(Recommender):
             c = a
         b = [rho(x) for x in q]
         x0 = torch.cat([torch.cat([e_u] + b, 1), torch.cat([e_i] + c, 1)], 0)   # (N, (M+1) d)
-        acc = x0
-        x = x0
-        for _ in range(self.num_layer):
-            x = self.norm_adj(x)
-            acc = acc + x
-        out = acc / (self.num_layer + 1)
+        out = propagate(self.norm_adj, x0, self.num_layer)
         e, f = out[:, :d], out[:, d:]
         s = torch.cat([self._meta(f[:U], e[:U], self.user_compress, self.user_gen1, self.user_gen2),
                        self._meta(f[U:], e[U:], self.item_compress, self.item_gen1, self.item_gen2)], 0)
