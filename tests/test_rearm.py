@@ -372,10 +372,10 @@ def _dense_reference(m, data):
     e0 = torch.cat([eu, ei], 0)
     ahat = ahat.float()
     f, e, xf, xe = f0, e0, f0, e0
-    for _ in range(m.num_layer):
+    for _ in range(m.n_layers):
         xf, xe = ahat @ xf, ahat @ xe
         f, e = f + xf, e + xe
-    f, e = f / (m.num_layer + 1), e / (m.num_layer + 1)
+    f, e = f / (m.n_layers + 1), e / (m.n_layers + 1)
     s = []
     for part, comp, g1, g2 in ((slice(0, U), m.user_compress, m.user_gen1, m.user_gen2),
                                (slice(U, None), m.item_compress, m.item_gen1, m.item_gen2)):
@@ -394,7 +394,7 @@ def test_forward_matches_dense_reference():
     torch.manual_seed(0)
     data = _tiny_data()
     m = REARM(data, embedding_dim=8, rank=2, user_knn_k=3, item_knn_k=2, n_uu_layers=2,
-              n_ii_layers=1, num_layer=3, u_mm_image_weight=0.3, i_mm_image_weight=0.5)
+              n_ii_layers=1, n_layers=3, u_mm_image_weight=0.3, i_mm_image_weight=0.5)
     with torch.no_grad():
         for blk in list(m.self_att) + list(m.cross_att):
             blk.in_proj_bias.normal_()
@@ -411,7 +411,7 @@ def test_total_loss_terms():
     torch.manual_seed(0)
     data = _tiny_data()
     m = REARM(data, embedding_dim=8, rank=2, user_knn_k=3, item_knn_k=2, cl_loss_weight=0.5,
-              diff_loss_weight=0.25, cl_tmp=0.6).eval()
+              diff_loss_weight=0.25, temperature=0.6).eval()
     users, pos, neg = torch.tensor([0, 1, 1, 3]), torch.tensor([0, 2, 2, 1]), torch.tensor([5, 5, 3, 4])
     terms = m.loss(users, pos, neg)
     assert set(terms) == {"bpr", "cl", "diff"}
@@ -435,18 +435,12 @@ def test_total_loss_terms():
     assert m.item_raw[0].grad.abs().sum() > 0 and m.user_raw[1].grad.abs().sum() > 0
 
 
-def test_single_modality_and_config():
+def test_single_modality():
     data = _tiny_data()
     data.features.pop("text_feat")
     m = REARM(data, embedding_dim=8, user_knn_k=3, item_knn_k=2)
     terms = m.loss(torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([4, 5]))
     assert set(terms) == {"bpr"} and m.representations()[1].shape == (6, 16)
-    assert REARM.train_defaults["optimizer"] == "adamw" and REARM.train_defaults["lr"] == 5e-5
-    assert REARM.train_defaults["neg_exclude_heldout"] is False
-    assert REARM.presets["baby"]["diff_loss_weight"] == 5e-5
-    assert REARM.presets["sports"]["weight_decay"] == 0.05
-    hp = REARM.hyperparameters()
-    assert hp["user_knn_k"] == 40 and hp["diff_loss_weight"] == 1e-4 and hp["rank"] == 3
 
 
 def test_training_improves_validation_recall():
@@ -457,5 +451,7 @@ def test_training_improves_validation_recall():
     seed_everything(2025)                                   # the same initialisation as fit's
     before = evaluate(REARM(data).eval(), data, "valid", topk=(20,)).metrics["recall@20"]
     res = fit(data, "rearm", {"epochs": 2, "lr": 1e-3, "cache_dir": ""}, log=None)
-    # untrained ≈ 0.203 (features and homographs already carry signal); trained ≈ 0.313
-    assert res["valid"]["recall@20"] > before + 0.01
+    # untrained 0.203 (features and homographs already carry signal), trained 0.313 after two
+    # epochs: demand at least half of that gain, 25% over the untrained model
+    assert res["valid"]["recall@20"] > before + 0.05
+    assert res["valid"]["recall@20"] > 1.25 * before

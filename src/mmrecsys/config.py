@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-#: the shared trainer's settings and their defaults (protocol §3.2, MMRec overall.yaml)
+#: the shared trainer's settings and their defaults (``enoche/MMRec`` ``src/configs/overall.yaml``)
 TRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 1000,
     "batch_size": 2048,
@@ -117,19 +117,39 @@ def _coerce(key: str, value, default):
                       f"(default {default!r})")
 
 
+def canonical_keys(model_cls, cfg: dict) -> dict[str, Any]:
+    """``cfg`` with every alias of a hyperparameter (``model_cls.aliases``, e.g. ``embed_size``)
+    renamed to its canonical key (``embedding_dim``). An alias and its key both given must agree."""
+    aliases = getattr(model_cls, "aliases", {})
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        key = aliases.get(k, k)
+        if key in out and out[key] != v:
+            names = " and ".join(f"{n}={cfg[n]!r}" for n in cfg if aliases.get(n, n) == key)
+            raise ConfigError(f"{names} name the same key of {model_cls.name}, {key}, with different "
+                              f"values; give one")
+        out[key] = v
+    return out
+
+
 def resolve_config(model_cls, dataset_name: str, file_cfg: dict | None = None,
                    overrides: dict | None = None) -> dict[str, Any]:
-    """The fully resolved flat configuration for ``model_cls`` on ``dataset_name``."""
+    """The fully resolved flat configuration for ``model_cls`` on ``dataset_name``.
+
+    Keys are canonical: an alias of a hyperparameter (``model_cls.aliases``) given in the file,
+    the overrides or a preset is renamed to its key, so ``embed_size=32`` and
+    ``embedding_dim=32`` configure MMHCL alike (an override beats the file either way).
+    """
     defaults: dict[str, Any] = dict(TRAIN_DEFAULTS)
     defaults.update(model_cls.train_defaults)
     hp = model_cls.hyperparameters()
-    clash = set(hp) & set(TRAIN_DEFAULTS)
+    clash = (set(hp) | set(getattr(model_cls, "aliases", {}))) & set(TRAIN_DEFAULTS)
     if clash:
         raise ConfigError(f"{model_cls.__name__} hyperparameters clash with trainer keys: {clash}")
     defaults.update(hp)
     known = set(defaults) | {"model", "data"}
-    user = dict(file_cfg or {})
-    user.update(overrides or {})
+    user = canonical_keys(model_cls, file_cfg or {})
+    user.update(canonical_keys(model_cls, overrides or {}))
     for k in user:
         if k not in known:
             near = difflib.get_close_matches(k, sorted(known), n=3)
@@ -150,7 +170,7 @@ def resolve_config(model_cls, dataset_name: str, file_cfg: dict | None = None,
             raise ConfigError(f"preset {preset_name!r} unknown for {model_cls.name}; available: "
                               f"{', '.join(model_cls.presets) or 'none'}")
         cfg["preset"], preset = presets[str(preset_name).lower()]
-    for layer in (preset, {k: v for k, v in user.items() if k != "preset"}):
+    for layer in (canonical_keys(model_cls, preset), {k: v for k, v in user.items() if k != "preset"}):
         for k, v in layer.items():
             if k in ("model", "data"):
                 cfg[k] = v
@@ -176,6 +196,9 @@ def resolve_config(model_cls, dataset_name: str, file_cfg: dict | None = None,
 
 
 def model_kwargs(model_cls, cfg: dict) -> dict[str, Any]:
+    """The constructor keywords of ``model_cls`` from a configuration (aliases accepted, so a
+    ``config.yaml`` written before a key was renamed still loads)."""
+    cfg = canonical_keys(model_cls, cfg)
     return {k: cfg[k] for k in model_cls.hyperparameters()}
 
 

@@ -37,8 +37,13 @@ class Recommender(nn.Module):
     name: ClassVar[str] = ""
     #: trainer settings this model brings as its own defaults (lr, batch_size, sampler, ...)
     train_defaults: ClassVar[dict[str, Any]] = {}
-    #: dataset name -> overrides of hyperparameters and trainer settings (spec presets)
+    #: dataset name -> overrides of hyperparameters and trainer settings (the tuned settings
+    #: the model's authors published), in canonical key names
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: other accepted names of hyperparameters -> the canonical name (the official codes'
+    #: spellings and earlier names), e.g. ``{"embed_size": "embedding_dim"}``; resolved by
+    #: :func:`mmrecsys.config.resolve_config` and :func:`mmrecsys.config.model_kwargs`
+    aliases: ClassVar[dict[str, str]] = {}
     #: a model that needs at least one modality feature matrix
     requires_features: ClassVar[bool] = False
     #: behaviour a user should know of, printed by ``mmrecsys models NAME``

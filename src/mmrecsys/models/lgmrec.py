@@ -4,8 +4,8 @@ Guo et al., "LGMRec: Local and Global Graph Learning for Multimodal Recommendati
 AAAI 2024 (arXiv:2312.16400); official code georgeguo-cn/LGMRec (fixed version of July 2024,
 identical to the copy in MMRec). Implemented from ``spec/lgmrec.md`` (section numbers below).
 
-Notation: U users, I items, N = U + I nodes, d = ``embedding_size``, A = ``hyper_num``,
-τ = ``tau``, R the binary (U, I) training matrix, nrm(x) = x / max(‖x‖₂, 1e-12) row-wise.
+Notation: U users, I items, N = U + I nodes, d = ``embedding_dim``, A = ``hyper_num``,
+τ = ``temperature``, R the binary (U, I) training matrix, nrm(x) = x / max(‖x‖₂, 1e-12) row-wise.
 
 Local graph embedding (§2).
 
@@ -88,6 +88,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -177,13 +178,29 @@ def hcl_term(anchor_all: torch.Tensor, cand_all: torch.Tensor, rows: torch.Tenso
 
 
 # ----------------------------------------------------------------------------- the model
+class ModalInputs(NamedTuple):
+    """One modality's inputs of a forward pass (paper Eqs. 4, 5 and 7)."""
+    features: torch.Tensor      # [F_u; F_i] (N, d): the MGE input, user rows the mean of their items
+    item_logits: torch.Tensor   # S_i = X V (I, A)
+    user_logits: torch.Tensor   # S_u = R S_i (U, A), a plain sum
+
+
+class GlobalParts(NamedTuple):
+    """One modality's global hypergraph embedding of a forward pass (paper Eqs. 8–10)."""
+    user_deps: torch.Tensor     # H̄_u (U, A), after dropout
+    item_deps: torch.Tensor     # H̄_i (I, A), after dropout
+    hyperedges: torch.Tensor    # Z (A, d) of the last hypergraph layer
+    users: torch.Tensor         # G_u = H̄_u Z (U, d)
+    items: torch.Tensor         # G_i = H̄_i Z (I, d)
+
+
 class LGMRec(Recommender):
     """LGMRec (local + global graph learning) as in the official code, fixed version.
 
     Args:
-        embedding_size: d, size of the ID embeddings and of the projected modal features
-            (``embedding_size`` = ``feat_embed_dim`` = 64).
-        n_ui_layers: L_c, LightGCN layers of the collaborative graph embedding (grid {1..4}).
+        embedding_dim: d, size of the ID embeddings and of the projected modal features
+            (the code's ``embedding_size`` = ``feat_embed_dim`` = 64).
+        n_layers: L_c (the code's ``n_ui_layers``), LightGCN layers of the collaborative graph embedding (grid {1..4}).
         n_mm_layers: L_m, propagation layers of the modality graph embedding; only the last
             layer is used; 0 returns the initial features (grid {0..4}).
         n_hyper_layer: L_h ≥ 1, hypergraph message-passing layers (grid {1..4}).
@@ -194,7 +211,7 @@ class LGMRec(Recommender):
         cl_weight: λ_cl, weight of the (sum-reduced) hypergraph contrastive loss.
         reg_weight: λ_reg, weight of the non-squared Frobenius norm of the batch's final
             embeddings divided by the batch size.
-        tau: τ, temperature of both the Gumbel-softmax and the contrastive loss (hard-coded
+        temperature: τ (the code's ``tau``), temperature of both the Gumbel-softmax and the contrastive loss (hard-coded
             0.2 in the official code).
         cf_model: "lightgcn" (default) or "mf" (E_c = E⁰, no propagation).
         deterministic_inference: False (default, as the official code): the Gumbel noise is
@@ -207,6 +224,7 @@ class LGMRec(Recommender):
     """
 
     name = "lgmrec"
+    aliases = {"embedding_size": "embedding_dim", "n_ui_layers": "n_layers", "tau": "temperature"}
     requires_features = True
     notes = ("Inference draws Gumbel noise, as the official full_sort_predict: one forward pass "
              "per block of eval_batch_size users, each with its own draw; validation and test "
@@ -219,37 +237,37 @@ class LGMRec(Recommender):
         "sampler": "interactions", "negatives_from": "train_items", "valid_metrics": ["recall@20"],
     }
     presets = {  # spec §9.1 "Default" rows (official yaml at HEAD)
-        "baby": {"n_ui_layers": 2, "n_mm_layers": 2, "n_hyper_layer": 1, "hyper_num": 4,
+        "baby": {"n_layers": 2, "n_mm_layers": 2, "n_hyper_layer": 1, "hyper_num": 4,
                  "keep_rate": 0.5, "alpha": 0.3},
-        "sports": {"n_ui_layers": 4, "n_mm_layers": 2, "n_hyper_layer": 1, "hyper_num": 4,
+        "sports": {"n_layers": 4, "n_mm_layers": 2, "n_hyper_layer": 1, "hyper_num": 4,
                    "keep_rate": 0.4, "alpha": 0.6},
-        "clothing": {"n_ui_layers": 2, "n_mm_layers": 2, "n_hyper_layer": 2, "hyper_num": 64,
+        "clothing": {"n_layers": 2, "n_mm_layers": 2, "n_hyper_layer": 2, "hyper_num": 64,
                      "keep_rate": 0.2, "alpha": 0.2},
     }
 
-    def __init__(self, data, cache=None, *, embedding_size: int = 64, n_ui_layers: int = 2,
+    def __init__(self, data, cache=None, *, embedding_dim: int = 64, n_layers: int = 2,
                  n_mm_layers: int = 2, n_hyper_layer: int = 1, hyper_num: int = 4,
                  keep_rate: float = 0.5, alpha: float = 0.3, cl_weight: float = 1e-4,
-                 reg_weight: float = 1e-6, tau: float = 0.2, cf_model: str = "lightgcn",
+                 reg_weight: float = 1e-6, temperature: float = 0.2, cf_model: str = "lightgcn",
                  deterministic_inference: bool = False, legacy_user_hyperedges: bool = False):
         super().__init__(data, cache)
         if cf_model not in ("lightgcn", "mf"):
             raise ValueError(f"cf_model={cf_model!r}: use 'lightgcn' or 'mf'")
         if n_hyper_layer < 1:
             raise ValueError(f"n_hyper_layer={n_hyper_layer}: LGMRec needs at least 1 hypergraph layer")
-        if n_ui_layers < 0 or n_mm_layers < 0:
-            raise ValueError("n_ui_layers and n_mm_layers must be ≥ 0")
-        if hyper_num < 1 or embedding_size < 1:
-            raise ValueError("hyper_num and embedding_size must be ≥ 1")
+        if n_layers < 0 or n_mm_layers < 0:
+            raise ValueError("n_layers and n_mm_layers must be ≥ 0")
+        if hyper_num < 1 or embedding_dim < 1:
+            raise ValueError("hyper_num and embedding_dim must be ≥ 1")
         if not 0.0 < keep_rate <= 1.0:
             raise ValueError(f"keep_rate={keep_rate}: the probability of keeping an entry, in (0, 1]")
-        if tau <= 0:
-            raise ValueError(f"tau={tau}: must be > 0")
+        if temperature <= 0:
+            raise ValueError(f"temperature={temperature}: must be > 0")
         if legacy_user_hyperedges and len(data.features) != 2:
             raise ValueError("legacy_user_hyperedges reproduces a two-modality bug (visual, text); "
                              f"dataset {data.name!r} has {len(data.features)} modalities")
-        self.embedding_size = embedding_size
-        self.n_ui_layers = n_ui_layers
+        self.embedding_dim = embedding_dim
+        self.n_layers = n_layers
         self.n_mm_layers = n_mm_layers
         self.n_hyper_layer = n_hyper_layer
         self.hyper_num = hyper_num
@@ -257,7 +275,7 @@ class LGMRec(Recommender):
         self.alpha = alpha
         self.cl_weight = cl_weight
         self.reg_weight = reg_weight
-        self.tau = tau
+        self.temperature = temperature
         self.cf_model = cf_model
         self.deterministic_inference = deterministic_inference
         self.legacy_user_hyperedges = legacy_user_hyperedges
@@ -277,8 +295,8 @@ class LGMRec(Recommender):
 
         # frozen raw features and trainable parameters (§1)
         self._keys = []
-        self.user_embedding = nn.Parameter(torch.empty(self.n_users, embedding_size))
-        self.item_embedding = nn.Parameter(torch.empty(self.n_items, embedding_size))
+        self.user_embedding = nn.Parameter(torch.empty(self.n_users, embedding_dim))
+        self.item_embedding = nn.Parameter(torch.empty(self.n_items, embedding_dim))
         self.projection = nn.ParameterDict()     # W_m (D_m, d)
         self.hyperedges = nn.ParameterDict()     # V_m (D_m, A)
         for i, (mod, x) in enumerate(data.features.items()):
@@ -288,7 +306,7 @@ class LGMRec(Recommender):
             self._keys.append(key)
             self.register_buffer(f"feat_{key}", torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32)),
                                  persistent=False)
-            self.projection[key] = nn.Parameter(torch.empty(x.shape[1], embedding_size))
+            self.projection[key] = nn.Parameter(torch.empty(x.shape[1], embedding_dim))
             self.hyperedges[key] = nn.Parameter(torch.empty(x.shape[1], hyper_num))
         self.reset_parameters()
 
@@ -304,26 +322,26 @@ class LGMRec(Recommender):
         return getattr(self, f"feat_{key}")
 
     # ------------------------------------------------------------------ forward pieces
-    def modal_inputs(self):
+    def modal_inputs(self) -> list[ModalInputs]:
         """Per modality: initial MGE input [F_u; F_i] (N, d), item and user hyperedge logits."""
-        d = self.embedding_size
+        d = self.embedding_dim
         out = []
         for k in self._keys:
             y = self.features(k) @ torch.cat([self.projection[k], self.hyperedges[k]], 1)  # (I, d+A)
             ry = self.inter(y)                                        # (U, d+A)
             f0 = torch.cat([ry[:, :d] * self.inv_user_degree, y[:, :d]], 0)               # (N, d)
-            out.append((f0, y[:, d:], ry[:, d:]))
+            out.append(ModalInputs(f0, y[:, d:], ry[:, d:]))
         return out
 
     def dependency(self, logits: torch.Tensor) -> torch.Tensor:
         """Row-wise soft Gumbel-softmax at temperature τ (plain softmax when deterministic)."""
         if not self.training and self.deterministic_inference:
-            return torch.softmax(logits / self.tau, dim=1)
-        return F.gumbel_softmax(logits, tau=self.tau, hard=False, dim=1)
+            return torch.softmax(logits / self.temperature, dim=1)
+        return F.gumbel_softmax(logits, tau=self.temperature, hard=False, dim=1)
 
     def local_propagation(self, ego: torch.Tensor, modal: list[torch.Tensor]):
         """E_c = mean_{l≤L_c} Â^l E⁰ (E⁰ for mf) and F^m = Â^{L_m} F^m_0 (one SpMM per block)."""
-        e_c = propagate(self.norm_adj, ego, self.n_ui_layers) if self.cf_model == "lightgcn" else ego
+        e_c = propagate(self.norm_adj, ego, self.n_layers) if self.cf_model == "lightgcn" else ego
         return e_c, [power(self.norm_adj, f, self.n_mm_layers) for f in modal]
 
     def hypergraph(self, h_item: torch.Tensor, h_user: torch.Tensor, g_item0: torch.Tensor):
@@ -337,19 +355,19 @@ class LGMRec(Recommender):
     def forward(self, users: torch.Tensor | None = None, items: torch.Tensor | None = None):
         """Full-graph pass; the fused E* (§5) only for the requested rows (default: all).
 
-        Returns (E*_u[users] (·, d), E*_i[items] (·, d), per-modality (H̄_u, H̄_i, Z, G_u, G_i)).
+        Returns (E*_u[users] (·, d), E*_i[items] (·, d), a :class:`GlobalParts` per modality).
         The fusion is row-wise, so fusing only the rows a batch reads is exact.
         """
         ego = torch.cat([self.user_embedding, self.item_embedding], 0)
         inputs = self.modal_inputs()
         # dependency matrices: Gumbel draws in the official order (iv, uv, it, ut)
         deps = []
-        for f0, s_item, s_user in inputs:
-            deps.append([self.dependency(s_item), self.dependency(s_user)])
-        if self.legacy_user_hyperedges:  # spec §11.1: text block overwrote the visual user matrix
+        for x in inputs:
+            deps.append([self.dependency(x.item_logits), self.dependency(x.user_logits)])
+        if self.legacy_user_hyperedges:  # first published code: the text block overwrote the visual user matrix
             deps[0][1] = deps[1][1]
-            deps[1][1] = inputs[1][2]
-        e_c, modal = self.local_propagation(ego, [f0 for f0, _, _ in inputs])
+            deps[1][1] = inputs[1].user_logits
+        e_c, modal = self.local_propagation(ego, [x.features for x in inputs])
         p_drop = 1.0 - self.keep_rate
         parts = []
         item_c = e_c[self.n_users:]
@@ -357,28 +375,29 @@ class LGMRec(Recommender):
             h_item = F.dropout(h_item, p_drop, self.training)
             h_user = F.dropout(h_user, p_drop, self.training)
             g_user, g_item, z = self.hypergraph(h_item, h_user, item_c)
-            parts.append((h_user, h_item, z, g_user, g_item))
+            parts.append(GlobalParts(h_user, h_item, z, g_user, g_item))
 
-        def fuse(rows, nodes: slice, which: int):
+        def fuse(rows, nodes: slice, glob_parts: list[torch.Tensor]):
+            """E_loc + α nrm(Σ_m G^m) (Eq. 13) for ``rows`` of the node range ``nodes``."""
             pick = (lambda t: t) if rows is None else (lambda t: t[rows])
             out = pick(e_c[nodes])
             for f in modal:
                 out = out + F.normalize(pick(f[nodes]), dim=1, eps=_EPS_NORM)
-            glob = pick(parts[0][which])
-            for p in parts[1:]:
-                glob = glob + pick(p[which])
+            glob = pick(glob_parts[0])
+            for g in glob_parts[1:]:
+                glob = glob + pick(g)
             return out + self.alpha * F.normalize(glob, dim=1, eps=_EPS_NORM)
 
-        return fuse(users, slice(0, self.n_users), 3), fuse(items, slice(self.n_users, None), 4), parts
+        return (fuse(users, slice(0, self.n_users), [p.users for p in parts]),
+                fuse(items, slice(self.n_users, None), [p.items for p in parts]), parts)
 
     # ------------------------------------------------------------------ trainer hooks
-    def hcl_loss(self, global_parts, users, pos) -> torch.Tensor:
-        """Σ over modality pairs (a < b) of ℓ_user + ℓ_item (spec §4; 0 with one modality)."""
+    def hcl_loss(self, global_parts: list[GlobalParts], users, pos) -> torch.Tensor:
+        """Σ over modality pairs (a < b) of ℓ_user + ℓ_item (Eq. 12; 0 with one modality)."""
         total = None
-        for (hu_a, hi_a, z_a, gu_a, gi_a), (hu_b, hi_b, z_b, gu_b, gi_b) in \
-                itertools.combinations(global_parts, 2):
-            t = hcl_term(gu_a, gu_b, users, self.tau, (hu_b, z_b)) + \
-                hcl_term(gi_a, gi_b, pos, self.tau, (hi_b, z_b))
+        for a, b in itertools.combinations(global_parts, 2):
+            t = hcl_term(a.users, b.users, users, self.temperature, (b.user_deps, b.hyperedges)) + \
+                hcl_term(a.items, b.items, pos, self.temperature, (b.item_deps, b.hyperedges))
             total = t if total is None else total + t
         if total is None:
             total = self.user_embedding.new_zeros(())

@@ -23,20 +23,21 @@ class LightGCN(Recommender):
     """LightGCN: linear propagation on the normalised user–item graph, mean over layers.
 
     Args:
-        embedding_size: d (default 64).
+        embedding_dim: d (MMRec's ``embedding_size``; default 64).
         n_layers: L (MMRec grid {1, 2, 3, 4}).
         reg_weight: λ (MMRec grid {1e-2, …, 1e-6}).
     """
 
     name = "lightgcn"
+    aliases = {"embedding_size": "embedding_dim"}
 
-    def __init__(self, data, cache=None, *, embedding_size: int = 64, n_layers: int = 2,
+    def __init__(self, data, cache=None, *, embedding_dim: int = 64, n_layers: int = 2,
                  reg_weight: float = 1e-4):
         super().__init__(data, cache)
-        self.embedding_size = embedding_size
+        self.embedding_dim = embedding_dim
         self.n_layers = n_layers
         self.reg_weight = reg_weight
-        self.embedding = nn.Parameter(torch.empty(self.n_users + self.n_items, embedding_size))
+        self.embedding = nn.Parameter(torch.empty(self.n_users + self.n_items, embedding_dim))
         self.norm_adj = SparseGraph(normalized_adjacency(data.train), symmetric=True)
         self.reset_parameters()
 

@@ -141,12 +141,12 @@ class MMHCL(Recommender):
     """MMHCL with the LightGCN backbone (the only one used in the authors' logs).
 
     Args:
-        embed_size: d, size of the four embedding tables E_U, E_I, Q_U, Q_I (default 64).
+        embedding_dim: d (the code's ``embed_size``), size of the four embedding tables E_U, E_I, Q_U, Q_I (default 64).
         regs: weight of the L2 penalty on the batch's fused embeddings (1e-3; Sports 1e-5).
         knn_k: K of the per-modality top-K item neighbourhoods, self included (5; Clothing 10).
             Named ``topk`` in the reference code; renamed because ``topk`` is the evaluator's
             list of cutoffs.
-        ui_layers: L_UI, LightGCN layers on the user–item graph, averaged with layer 0 (2).
+        n_layers: L_UI (the code's ``UI_layers``), LightGCN layers on the user–item graph, averaged with layer 0 (2).
         user_layers: L_U, powers of the u2u operator, last layer only (3; Clothing/Sports 2).
         item_layers: L_I, powers of the i2i operator, last layer only (2).
         user_loss_ratio: α, weight of the u2u contrastive loss; 0 disables the u2u branch
@@ -160,6 +160,8 @@ class MMHCL(Recommender):
     """
 
     name = "mmhcl"
+    aliases = {"embed_size": "embedding_dim", "ui_layers": "n_layers", "UI_layers": "n_layers",
+               "User_layers": "user_layers", "Item_layers": "item_layers"}
     requires_features = True
     notes = ("Selection as the official main.py: an evaluation (every 5 epochs) improves when "
              "Recall@20 or MMHCL's own NDCG@20 (ndcg_mmhcl) beats its best, raw floats "
@@ -174,11 +176,11 @@ class MMHCL(Recommender):
         "valid_round": None, "seed": 2024, "epochs": 1000,
         "optimizer": "adam", "weight_decay": 0.0,
     }
-    _tiktok = {"regs": 1e-3, "knn_k": 5, "ui_layers": 2, "user_layers": 3, "item_layers": 2,
+    _tiktok = {"regs": 1e-3, "knn_k": 5, "n_layers": 2, "user_layers": 3, "item_layers": 2,
                "user_loss_ratio": 0.03, "item_loss_ratio": 0.07, "temperature": 0.6}
-    _clothing = {"regs": 1e-3, "knn_k": 10, "ui_layers": 2, "user_layers": 2, "item_layers": 2,
+    _clothing = {"regs": 1e-3, "knn_k": 10, "n_layers": 2, "user_layers": 2, "item_layers": 2,
                  "user_loss_ratio": 0.1, "item_loss_ratio": 0.7, "temperature": 0.4}
-    _sports = {"regs": 1e-5, "knn_k": 5, "ui_layers": 2, "user_layers": 2, "item_layers": 2,
+    _sports = {"regs": 1e-5, "knn_k": 5, "n_layers": 2, "user_layers": 2, "item_layers": 2,
                "user_loss_ratio": 0.3, "item_loss_ratio": 0.7, "temperature": 0.5}
     # the official data loader evaluates held-out users with no training row (TikTok has 10)
     _tiktok = {**_tiktok, "keep_users_without_train": True}
@@ -187,8 +189,8 @@ class MMHCL(Recommender):
     presets = {"tiktok": _tiktok, "mmhcl-clothing": _clothing, "clothing": _clothing,
                "mmhcl-sports": _sports, "sports": _sports}
 
-    def __init__(self, data, cache=None, *, embed_size: int = 64, regs: float = 1e-3,
-                 knn_k: int = 5, ui_layers: int = 2, user_layers: int = 3, item_layers: int = 2,
+    def __init__(self, data, cache=None, *, embedding_dim: int = 64, regs: float = 1e-3,
+                 knn_k: int = 5, n_layers: int = 2, user_layers: int = 3, item_layers: int = 2,
                  user_loss_ratio: float = 0.03, item_loss_ratio: float = 0.07,
                  temperature: float = 0.6, cl_chunk_size: int = 1024, knn_chunk_size: int = 2048):
         super().__init__(data, cache)
@@ -196,10 +198,10 @@ class MMHCL(Recommender):
             raise ValueError(f"knn_k={knn_k}: need at least 1 neighbour")
         if temperature <= 0:
             raise ValueError(f"temperature={temperature}: must be positive")
-        self.embed_size = embed_size
+        self.embedding_dim = embedding_dim
         self.regs = regs
         self.knn_k = knn_k
-        self.ui_layers = ui_layers
+        self.n_layers = n_layers
         self.user_layers = user_layers
         self.item_layers = item_layers
         self.user_loss_ratio = user_loss_ratio
@@ -208,10 +210,10 @@ class MMHCL(Recommender):
         self.cl_chunk_size = cl_chunk_size
         self.knn_chunk_size = knn_chunk_size
 
-        self.user_ui_embedding = nn.Parameter(torch.empty(self.n_users, embed_size))   # E_U
-        self.item_ui_embedding = nn.Parameter(torch.empty(self.n_items, embed_size))   # E_I
-        self.uu_embedding = nn.Parameter(torch.empty(self.n_users, embed_size))        # Q_U
-        self.ii_embedding = nn.Parameter(torch.empty(self.n_items, embed_size))        # Q_I
+        self.user_ui_embedding = nn.Parameter(torch.empty(self.n_users, embedding_dim))   # E_U
+        self.item_ui_embedding = nn.Parameter(torch.empty(self.n_items, embedding_dim))   # E_I
+        self.uu_embedding = nn.Parameter(torch.empty(self.n_users, embedding_dim))        # Q_U
+        self.ii_embedding = nn.Parameter(torch.empty(self.n_items, embedding_dim))        # Q_I
 
         # Â with 0^{-1/2} = 0: isolated nodes get zero rows (get_UI_mat, norm 'sym')
         self.ui_adj = SparseGraph(normalized_adjacency(data.train, eps=0.0), symmetric=True)
@@ -250,7 +252,7 @@ class MMHCL(Recommender):
         else:
             h_u = self.uu_embedding
         ego = torch.cat([self.user_ui_embedding, self.item_ui_embedding], 0)
-        e = propagate(self.ui_adj, ego, self.ui_layers)
+        e = propagate(self.ui_adj, ego, self.n_layers)
         e_u, e_i = e[: self.n_users], e[self.n_users:]
         if self.item_loss_ratio != 0:
             e_i = e_i + F.normalize(h_i, dim=1)

@@ -305,6 +305,12 @@ class LowRankGenerator(nn.Module):
         self.act = nn.PReLU(1, 0.25)
         self.lin2 = nn.Linear(d * rank, d * rank)
 
+    def reset_parameters(self):
+        """Re-draw both layers (torch's Linear default) and reset the slope, in build order."""
+        self.lin1.reset_parameters()
+        self.act.reset_parameters()
+        self.lin2.reset_parameters()
+
     def forward(self, x):
         return F.normalize(self.lin2(self.act(self.lin1(x))), dim=1, eps=_EPS_NORM)
 
@@ -342,7 +348,7 @@ class REARM(Recommender):
 
     Args:
         embedding_dim: d, ID embeddings and projected modal features (64).
-        num_layer: L, LightGCN layers on the user–item graph (mean of layers 0..L).
+        n_layers: L (the code's ``num_layer``), LightGCN layers on the user–item graph (mean of layers 0..L).
         rank: r, rank of the meta-network's low-rank transformations.
         s_drop: dropout on the self-attention maps (training only; 1.0 zeroes them).
         m_drop: dropout on the cross-attention maps.
@@ -354,7 +360,7 @@ class REARM(Recommender):
         item_knn_k: k_i, neighbours per item.
         n_uu_layers: L_uu, hops on G^U (last hop only; 0 = none).
         n_ii_layers: L_ii, hops on G^I.
-        cl_tmp: τ of the inter-modal InfoNCE.
+        temperature: τ (the code's ``cl_tmp``) of the inter-modal InfoNCE.
         cl_loss_weight: λ_cl.
         diff_loss_weight: λ_ort, weight of the orthogonal constraint.
         graph_seed: seed of the co-occurrence padding draws (case B of §2.2).
@@ -367,6 +373,7 @@ class REARM(Recommender):
     """
 
     name = "rearm"
+    aliases = {"num_layer": "n_layers", "cl_tmp": "temperature"}
     requires_features = True
     train_defaults = {
         "optimizer": "adamw", "lr": 5e-5, "weight_decay": 5e-4, "batch_size": 2048,
@@ -376,39 +383,57 @@ class REARM(Recommender):
         "eval_batch_size": 8192,
     }
     presets = {
-        "baby": {"num_layer": 4, "weight_decay": 5e-4, "rank": 3, "s_drop": 0.4, "m_drop": 0.6,
+        "baby": {"n_layers": 4, "weight_decay": 5e-4, "rank": 3, "s_drop": 0.4, "m_drop": 0.6,
                  "u_mm_image_weight": 0.2, "i_mm_image_weight": 0.0, "uu_co_weight": 0.4,
                  "ii_co_weight": 0.2, "user_knn_k": 40, "item_knn_k": 10, "n_uu_layers": 1,
-                 "n_ii_layers": 1, "cl_tmp": 0.6, "cl_loss_weight": 5e-6,
+                 "n_ii_layers": 1, "temperature": 0.6, "cl_loss_weight": 5e-6,
                  "diff_loss_weight": 5e-5},
-        "sports": {"num_layer": 5, "weight_decay": 0.05, "rank": 7, "s_drop": 1.0, "m_drop": 0.2,
+        "sports": {"n_layers": 5, "weight_decay": 0.05, "rank": 7, "s_drop": 1.0, "m_drop": 0.2,
                    "u_mm_image_weight": 0.0, "i_mm_image_weight": 0.2, "uu_co_weight": 0.9,
                    "ii_co_weight": 0.2, "user_knn_k": 25, "item_knn_k": 5, "n_uu_layers": 2,
-                   "n_ii_layers": 2, "cl_tmp": 1.5, "cl_loss_weight": 1e-3,
+                   "n_ii_layers": 2, "temperature": 1.5, "cl_loss_weight": 1e-3,
                    "diff_loss_weight": 5e-4},
-        "clothing": {"num_layer": 4, "weight_decay": 1e-5, "rank": 3, "s_drop": 0.4,
+        "clothing": {"n_layers": 4, "weight_decay": 1e-5, "rank": 3, "s_drop": 0.4,
                      "m_drop": 0.1, "u_mm_image_weight": 0.1, "i_mm_image_weight": 0.1,
                      "uu_co_weight": 0.7, "ii_co_weight": 0.1, "user_knn_k": 45,
-                     "item_knn_k": 10, "n_uu_layers": 1, "n_ii_layers": 1, "cl_tmp": 0.03,
+                     "item_knn_k": 10, "n_uu_layers": 1, "n_ii_layers": 1, "temperature": 0.03,
                      "cl_loss_weight": 1e-6, "diff_loss_weight": 1e-5},
     }
 
-    def __init__(self, data, cache=None, *, embedding_dim: int = 64, num_layer: int = 4,
+    def __init__(self, data, cache=None, *, embedding_dim: int = 64, n_layers: int = 4,
                  rank: int = 3, s_drop: float = 0.4, m_drop: float = 0.6,
                  u_mm_image_weight: float = 0.2, i_mm_image_weight: float = 0.0,
                  uu_co_weight: float = 0.4, ii_co_weight: float = 0.2, user_knn_k: int = 40,
                  item_knn_k: int = 10, n_uu_layers: int = 1, n_ii_layers: int = 1,
-                 cl_tmp: float = 0.6, cl_loss_weight: float = 5e-6, diff_loss_weight: float = 1e-4,
+                 temperature: float = 0.6, cl_loss_weight: float = 5e-6, diff_loss_weight: float = 1e-4,
                  graph_seed: int = 2025, trainable_compressor: bool = False,
                  user_popularity_heldout: bool = False):
         super().__init__(data, cache)
-        for k, v in list(locals().items()):
-            if k not in ("self", "data", "cache", "__class__"):
-                setattr(self, k, v)
         if rank < 1:
             raise ValueError(f"rank={rank}: the low-rank transformations need rank ≥ 1")
         if not (0 <= s_drop <= 1 and 0 <= m_drop <= 1):
             raise ValueError("s_drop and m_drop are dropout probabilities in [0, 1]")
+        if temperature <= 0:
+            raise ValueError(f"temperature={temperature}: must be > 0")
+        self.embedding_dim = embedding_dim
+        self.n_layers = n_layers
+        self.rank = rank
+        self.s_drop = s_drop
+        self.m_drop = m_drop
+        self.u_mm_image_weight = u_mm_image_weight
+        self.i_mm_image_weight = i_mm_image_weight
+        self.uu_co_weight = uu_co_weight
+        self.ii_co_weight = ii_co_weight
+        self.user_knn_k = user_knn_k
+        self.item_knn_k = item_knn_k
+        self.n_uu_layers = n_uu_layers
+        self.n_ii_layers = n_ii_layers
+        self.temperature = temperature
+        self.cl_loss_weight = cl_loss_weight
+        self.diff_loss_weight = diff_loss_weight
+        self.graph_seed = graph_seed
+        self.trainable_compressor = trainable_compressor
+        self.user_popularity_heldout = user_popularity_heldout
         d = embedding_dim
         U, I = self.n_users, self.n_items
         self.modalities = list(data.features)
@@ -450,18 +475,39 @@ class REARM(Recommender):
         self.item_compress = nn.Linear(M * d, d)
         self.user_gen1, self.user_gen2 = LowRankGenerator(d, rank), LowRankGenerator(d, rank)
         self.item_gen1, self.item_gen2 = LowRankGenerator(d, rank), LowRankGenerator(d, rank)
-        self.reset_parameters()
+        self._init_embeddings()   # the submodules above initialised themselves when built
 
-    def reset_parameters(self, data=None, user_interest=None):
+    def _init_embeddings(self):
+        """The code's ``_reset_parameters``: N(0, 0.1²) ID embeddings, xavier-normal projection
+        weights (their biases keep torch's Linear default)."""
         nn.init.normal_(self.user_embedding, 0.0, 0.1)
         nn.init.normal_(self.item_embedding, 0.0, 0.1)
         for lin in list(self.item_proj) + list(self.user_proj):
-            nn.init.xavier_normal_(lin.weight)                 # bias keeps the default init
+            nn.init.xavier_normal_(lin.weight)
+
+    def reset_parameters(self, data=None):
+        """Re-initialise every parameter, drawing in the constructor's order: under the same
+        torch seed the result equals a freshly built model. With ``data`` (the dataset the model
+        was built on) the trainable feature tables return to the raw item features and the
+        users' mean item features; without it they keep their values."""
+        for item_proj, user_proj in zip(self.item_proj, self.user_proj):
+            item_proj.reset_parameters()
+            user_proj.reset_parameters()
+        for att in list(self.self_att) + list(self.cross_att):
+            att.reset_parameters()
+        self.layer_norm.reset_parameters()
+        self.act.reset_parameters()
+        self.user_compress.reset_parameters()
+        self.item_compress.reset_parameters()
+        for gen in (self.user_gen1, self.user_gen2, self.item_gen1, self.item_gen2):
+            gen.reset_parameters()
+        self._init_embeddings()
         if data is not None:
             with torch.no_grad():
                 for j, m in enumerate(self.modalities):
-                    self.item_raw[j].copy_(torch.from_numpy(np.asarray(data.features[m], np.float32)))
-                    self.user_raw[j].copy_(torch.from_numpy(user_interest[m]))
+                    x = np.asarray(data.features[m], np.float32)
+                    self.item_raw[j].copy_(torch.from_numpy(x))
+                    self.user_raw[j].copy_(torch.from_numpy(user_interest_features(data.train, x)))
 
     # ------------------------------------------------------------------ forward
     def _homograph(self, graph, emb, feats, n_layers):
@@ -484,7 +530,7 @@ class REARM(Recommender):
             c = a
         b = [rho(x) for x in q]
         x0 = torch.cat([torch.cat([e_u] + b, 1), torch.cat([e_i] + c, 1)], 0)   # (N, (M+1) d)
-        out = propagate(self.norm_adj, x0, self.num_layer)
+        out = propagate(self.norm_adj, x0, self.n_layers)
         e, f = out[:, :d], out[:, d:]
         s = torch.cat([self._meta(f[:U], e[:U], self.user_compress, self.user_gen1, self.user_gen2),
                        self._meta(f[U:], e[U:], self.item_compress, self.item_gen1, self.item_gen2)], 0)
@@ -512,8 +558,8 @@ class REARM(Recommender):
             diff = f.new_zeros(())
             for m in range(M - 1):
                 fa, fb = f[:, m * d:(m + 1) * d], f[:, (m + 1) * d:(m + 2) * d]
-                cl = cl + info_nce(fa[items], fb[items], self.cl_tmp) \
-                    + info_nce(fa[uniq_users], fb[uniq_users], self.cl_tmp)
+                cl = cl + info_nce(fa[items], fb[items], self.temperature) \
+                    + info_nce(fa[uniq_users], fb[uniq_users], self.temperature)
                 diff = diff + orthogonal_loss(fa[U + pos], fb[U + pos]) \
                     + orthogonal_loss(fa[users], fb[users])
             out["cl"] = self.cl_loss_weight * cl
