@@ -57,7 +57,7 @@ def test_sym_normalize_hand_case():
     expect = np.array([[0, s, 0, 0], [s, 0, s, 0], [0, s, 0, 0], [0, 0, 0, 0]])
     np.testing.assert_allclose(out, expect, rtol=1e-6)
     assert np.isfinite(out).all()  # isolated node: eps keeps it finite
-    # the +1e-7 of protocol §5.0 is in D: 1/sqrt(1+eps)·1/sqrt(2+eps)
+    # MMRec's +1e-7 is in D: 1/sqrt(1+eps)·1/sqrt(2+eps)
     eps = 0.5
     np.testing.assert_allclose(sym_normalize(a, eps=eps).toarray()[0, 1],
                                1 / np.sqrt((1 + eps) * (2 + eps)), rtol=1e-6)

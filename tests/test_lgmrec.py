@@ -1,4 +1,4 @@
-"""LGMRec (spec/lgmrec.md): hand-checked small cases, a dense literal reference, a short training run."""
+"""LGMRec (georgeguo-cn/LGMRec models/lgmrec.py): hand-checked small cases, a dense literal reference, a short training run."""
 from __future__ import annotations
 
 import math
@@ -180,7 +180,7 @@ def test_contrastive_factored_and_chunked_paths_match_direct(tau):
 
 # ---------------------------------------------------------------------------- full model
 def reference_loss(m: LGMRec, data: Dataset, users, pos, neg, training=True, legacy=False):
-    """Literal dense transcription of the official forward/loss (spec §2–§6), same RNG order."""
+    """Literal dense transcription of the official forward/loss (paper Eqs. 2–15, code's forward and calculate_loss), same RNG order."""
     U, I = data.n_users, data.n_items
     r = torch.from_numpy(data.train.toarray())
     a = torch.zeros(U + I, U + I)

@@ -2,6 +2,9 @@
 constructed model, reset_parameters."""
 from __future__ import annotations
 
+import ast
+import re
+
 import pytest
 import torch
 
@@ -147,3 +150,53 @@ def test_reset_parameters_redraws_every_parameter_as_the_constructor(name, data)
         used.reset_parameters()
     for (k, a), b in zip(fresh.named_parameters(), used.parameters()):
         assert torch.equal(a, b), f"{name}.{k} not reset"
+
+
+# ---------------------------------------------------------------------------- documentation
+@pytest.mark.parametrize("name", MODELS)
+def test_every_hyperparameter_is_documented_with_its_default(name):
+    cls = get_model_class(name)
+    hp = cls.hyperparameters()
+    desc = cls.describe_hyperparameters()
+    assert list(desc) == list(hp)
+    for key, default in hp.items():
+        m = re.search(r"\(default: ``([^`]*)``\)", desc[key])
+        assert m, f"{name}.{key}: no '(default: ``…``)' in its Args entry: {desc[key]!r}"
+        assert ast.literal_eval(m.group(1)) == default, (key, m.group(1), default)
+        assert len(desc[key]) > len(m.group(0)) + 10, f"{name}.{key}: no meaning given"
+    for alias, key in cls.aliases.items():
+        assert f"``{alias}``" in desc[key]
+
+
+def test_describe_hyperparameters_parses_the_args_section():
+    from mmrecsys.models.base import Recommender
+
+    class Doc(Recommender):
+        """Summary.
+
+        Args:
+            width (int): how wide, continued
+                on a second line. (default: ``3``)
+            undocumented_here: x (default: ``1``)
+
+        Returns nothing.
+        """
+        aliases = {"w": "width"}
+
+        def __init__(self, data, cache=None, *, width: int = 3, depth: int = 2):
+            super().__init__(data, cache)
+
+    d = Doc.describe_hyperparameters()
+    assert d == {"width": "how wide, continued on a second line. (default: ``3``) "
+                          "Also accepted as ``w``.", "depth": ""}
+
+
+def test_no_docstring_cites_files_outside_the_repository():
+    import pathlib
+
+    import mmrecsys
+    root = pathlib.Path(mmrecsys.__file__).parent
+    bad = [f"{p.relative_to(root)}:{i}" for p in root.rglob("*.py")
+           for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+           if re.search(r"spec §|protocol §|spec/\w+\.md|shared/spec", line)]
+    assert not bad, bad

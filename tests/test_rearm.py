@@ -1,4 +1,4 @@
-"""REARM (spec/rearm.md): graphs, attention, meta-network, losses, forward, training."""
+"""REARM (MrShouxingMa/REARM): graphs, attention, meta-network, losses, forward, training."""
 import math
 
 import numpy as np
@@ -207,7 +207,7 @@ def test_attention_equals_multihead_attention_1x1():
     q, c = torch.randn(7, 8), torch.randn(7, 8)
     ref, _ = mha(q.unsqueeze(-1), c.unsqueeze(-1), c.unsqueeze(-1), need_weights=False)
     torch.testing.assert_close(att(q, c), ref.squeeze(-1), rtol=1e-5, atol=1e-6)
-    # initialisation (spec §3.2)
+    # initialisation (torch's MultiheadAttention(1, 1) defaults)
     a2 = ScalarAttention()
     assert a2.in_proj_weight.abs().max() <= math.sqrt(1.5) and (a2.in_proj_bias == 0).all()
     assert a2.out_weight.abs().max() <= 1 and a2.out_bias.item() == 0
@@ -335,7 +335,7 @@ def test_orthogonal_loss_by_hand():
 
 # ----------------------------------------------------------------------------- the model
 def _dense_reference(m, data):
-    """Literal dense forward of spec §3–§5 in eval mode (no chunking, dense graphs)."""
+    """Literal dense forward of the code's REARM.forward in eval mode (no chunking, dense graphs)."""
     d, U = m.embedding_dim, m.n_users
     nrm = torch.nn.functional.normalize
     gu = torch.tensor(user_cooccurrence_graph(data.train, m.user_knn_k, m.graph_seed).toarray())

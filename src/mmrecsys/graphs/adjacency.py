@@ -118,6 +118,11 @@ class SparseGraph(torch.nn.Module):
     ``graph(x)`` computes A x, differentiable in x; moves with ``.to(device)``; not saved in
     state dicts (it is rebuilt from the data). CSR products are several times faster than
     ``torch.sparse.mm`` on COO tensors on CPU.
+
+    Args:
+        m: the operator, any scipy sparse matrix (stored as float32 CSR).
+        symmetric: whether A = Aᵀ, so the backward pass reuses A instead of storing Aᵀ;
+            ``None`` checks it. (default: ``None``)
     """
 
     def __init__(self, m: sp.spmatrix, symmetric: bool | None = None):

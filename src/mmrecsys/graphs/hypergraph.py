@@ -153,7 +153,11 @@ def i2i_matrix(features: list, k: int, chunk_size: int = 2048) -> sp.csr_matrix:
 class TorchHypergraph(torch.nn.Module):
     """A :class:`FactoredHypergraph` as torch buffers; ``self(x)`` applies it (its powers:
     :func:`mmrecsys.models.layers.power`). Buffers are non-persistent so ``.to(device)`` moves
-    them and state dicts stay small."""
+    them and state dicts stay small.
+
+    Args:
+        g: the operator in factored form. No default.
+    """
 
     def __init__(self, g: FactoredHypergraph):
         super().__init__()

@@ -2,8 +2,17 @@
 
 A model is a ``torch.nn.Module`` built from a :class:`~mmrecsys.data.Dataset` (in memory: it
 never reads files) and an optional :class:`~mmrecsys.graphs.GraphCache`. Its hyperparameters
-are the keyword arguments of its constructor, with the spec's defaults; the configuration
-system reads them from the signature, so a constructor argument *is* a config key.
+are the keyword arguments of its constructor, with the official code's defaults; the
+configuration system reads them from the signature, so a constructor argument *is* a config
+key. The class docstring documents each one in an ``Args:`` section, one entry per key ending
+with its default, ``(default: ``64``)``, which :meth:`Recommender.describe_hyperparameters`
+reads for ``mmrecsys models NAME``.
+
+Shared names: ``embedding_dim`` (width of the ID embeddings), ``n_layers`` (propagation layers
+on the user–item graph), ``temperature`` (of the contrastive loss). The official codes' own
+names are accepted as :attr:`Recommender.aliases`.
+
+Fixed graphs are built through :meth:`Recommender.cached_graph`, which owns the on-disk cache.
 
 The trainer calls:
   * ``pre_epoch(epoch)`` once before each training epoch (edge sampling and the like);
@@ -16,6 +25,7 @@ The trainer calls:
 from __future__ import annotations
 
 import inspect
+import re
 import time
 from typing import Any, Callable, ClassVar
 
@@ -92,6 +102,43 @@ class Recommender(nn.Module):
             if p.default is inspect.Parameter.empty:
                 raise TypeError(f"{cls.__name__}.{p.name} needs a default value")
             out[p.name] = p.default
+        return out
+
+    @classmethod
+    def describe_hyperparameters(cls) -> dict[str, str]:
+        """{key: one-line meaning} of every hyperparameter, from the ``Args:`` section of the
+        class docstring (entries ``name: text`` or ``name (type): text``, continuation lines
+        indented deeper), in the order of the constructor. Other accepted names (aliases) not
+        named in the entry are appended; a key without an entry maps to ``""``."""
+        entries: dict[str, list[str]] = {}
+        doc = inspect.cleandoc(cls.__doc__ or "").splitlines()
+        indent, current = None, None
+        in_args = False
+        for line in doc:
+            if not in_args:
+                in_args = line.strip() == "Args:"
+                continue
+            if not line.strip():
+                current = None
+                continue
+            width = len(line) - len(line.lstrip())
+            if indent is None:
+                indent = width
+            if width < indent:                    # the section ended
+                break
+            m = re.match(r"(\w+)(?:\s*\([^)]*\))?:\s*(.*)", line.strip())
+            if width == indent and m:
+                current = m.group(1)
+                entries[current] = [m.group(2)]
+            elif current is not None:
+                entries[current].append(line.strip())
+        out = {}
+        for key in cls.hyperparameters():
+            text = " ".join(" ".join(entries.get(key, [])).split())
+            others = [a for a, k in cls.aliases.items() if k == key and f"``{a}``" not in text]
+            if others:
+                text += " Also accepted as " + ", ".join(f"``{a}``" for a in others) + "."
+            out[key] = text
         return out
 
     # -- hooks the trainer calls ----------------------------------------------

@@ -1,13 +1,14 @@
 """LGMRec: local and global graph learning for multimodal recommendation.
 
 Guo et al., "LGMRec: Local and Global Graph Learning for Multimodal Recommendation",
-AAAI 2024 (arXiv:2312.16400); official code georgeguo-cn/LGMRec (fixed version of July 2024,
-identical to the copy in MMRec). Implemented from ``spec/lgmrec.md`` (section numbers below).
+AAAI 2024 (arXiv:2312.16400), Eqs. 2–15 (numbers below). Official code ``georgeguo-cn/LGMRec``
+``models/lgmrec.py`` as fixed on 2024-07-18 (commit d918d5a), identical to the copy in MMRec
+(``enoche/MMRec`` ``src/models/lgmrec.py``); where paper and code differ, the code is followed.
 
 Notation: U users, I items, N = U + I nodes, d = ``embedding_dim``, A = ``hyper_num``,
 τ = ``temperature``, R the binary (U, I) training matrix, nrm(x) = x / max(‖x‖₂, 1e-12) row-wise.
 
-Local graph embedding (§2).
+Local graph embedding (Eqs. 2–6; the code's ``cge`` and ``mge``).
 
 .. math::
     A = \\begin{bmatrix}0 & R\\\\ R^\\top & 0\\end{bmatrix},\\quad
@@ -21,7 +22,8 @@ Local graph embedding (§2).
 
     E_{loc} = E_c + \\sum_m \\mathrm{nrm}(F^m)
 
-Global hypergraph embedding (§3), per modality m:
+Global hypergraph embedding (Eqs. 7–11; the code's ``forward`` and ``HGNNLayer``), per
+modality m:
 
 .. math::
     S_i^m = X_m V_m,\\quad S_u^m = R S_i^m \\ \\text{(plain sum, no normalisation)}
@@ -36,10 +38,11 @@ Global hypergraph embedding (§3), per modality m:
 
     E_{glob} = \\sum_m [G_u^{m,(L_h)}; G_i^{m,(L_h)}]
 
-Fusion and prediction (§5): :math:`E^* = E_{loc} + \\alpha\\,\\mathrm{nrm}(E_{glob})`,
+Fusion and prediction (Eq. 13): :math:`E^* = E_{loc} + \\alpha\\,\\mathrm{nrm}(E_{glob})`,
 :math:`\\hat y_{ui} = \\langle E^*_u, E^*_i\\rangle`.
 
-Losses (§4, §6), for a batch of B triples (u_b, p_b, n_b):
+Losses (Eqs. 12, 14, 15; the code's ``ssl_triple_loss``, ``bpr_loss``, ``reg_loss`` and
+``calculate_loss``), for a batch of B triples (u_b, p_b, n_b):
 
 .. math::
     \\ell(P, Q, Q_{all}) = \\sum_{b=1}^{B} -\\log
@@ -100,7 +103,7 @@ from .base import Recommender
 from .layers import bpr_logsigmoid, emb_loss, power, propagate
 
 _EPS_NORM = 1e-12   # F.normalize's eps
-_EPS_DEG = 1e-7     # degree epsilon of Â and of the user mean (§2.1, §2.3)
+_EPS_DEG = 1e-7     # degree epsilon of Â and of the user mean (the code's get_norm_adj_mat, mge)
 
 
 
@@ -154,7 +157,8 @@ class _WeightedLogSumExpMatmul(torch.autograd.Function):
 def hcl_term(anchor_all: torch.Tensor, cand_all: torch.Tensor, rows: torch.Tensor, tau: float,
              cand_factors: tuple[torch.Tensor, torch.Tensor] | None = None,
              chunk_elems: int = 1 << 19) -> torch.Tensor:
-    """ℓ(P, Q, Q_all) of spec §4 with P = anchor_all[rows], Q = cand_all[rows], Q_all = cand_all.
+    """ℓ(P, Q, Q_all) of Eq. 12 as the code's ``ssl_triple_loss``: P = anchor_all[rows],
+    Q = cand_all[rows], Q_all = cand_all.
 
     Σ_b [ logsumexp_k(c(P_b, Q_all,k)/τ) − c(P_b, Q_b)/τ ], c the cosine similarity. Rows that
     repeat in ``rows`` are computed once and weighted by their count (same value, same gradient).
@@ -197,30 +201,41 @@ class GlobalParts(NamedTuple):
 class LGMRec(Recommender):
     """LGMRec (local + global graph learning) as in the official code, fixed version.
 
+    Defaults are the official Baby settings (``configs/model/LGMREC.yaml`` and
+    ``configs/dataset/baby.yaml``); the grids are those of the yaml comments.
+
     Args:
-        embedding_dim: d, size of the ID embeddings and of the projected modal features
-            (the code's ``embedding_size`` = ``feat_embed_dim`` = 64).
-        n_layers: L_c (the code's ``n_ui_layers``), LightGCN layers of the collaborative graph embedding (grid {1..4}).
-        n_mm_layers: L_m, propagation layers of the modality graph embedding; only the last
-            layer is used; 0 returns the initial features (grid {0..4}).
-        n_hyper_layer: L_h ≥ 1, hypergraph message-passing layers (grid {1..4}).
-        hyper_num: A, number of hyperedges (implicit attributes) per modality (2..256).
-        keep_rate: probability of keeping an entry of the dependency matrices in the dropout
-            (training only; the official code's ``keep_rate``, the paper's "ρ").
-        alpha: weight α of the normalised global embedding in the fusion.
-        cl_weight: λ_cl, weight of the (sum-reduced) hypergraph contrastive loss.
-        reg_weight: λ_reg, weight of the non-squared Frobenius norm of the batch's final
-            embeddings divided by the batch size.
-        temperature: τ (the code's ``tau``), temperature of both the Gumbel-softmax and the contrastive loss (hard-coded
-            0.2 in the official code).
-        cf_model: "lightgcn" (default) or "mf" (E_c = E⁰, no propagation).
-        deterministic_inference: False (default, as the official code): the Gumbel noise is
-            also drawn at inference, so evaluation is random; True: plain softmax(S/τ) at
-            inference (training is unchanged).
-        legacy_user_hyperedges: reproduce the bug of the first published code (Aug 2023),
-            which produced the paper's logs (spec §11.1): the visual user dependency matrix is
-            the Gumbel-softmax of the TEXT user logits, and the text user matrix is the raw text
-            user logits. Needs exactly two modalities. Off by default.
+        embedding_dim: d, width of the ID embeddings and of the projected modal features (the
+            code's ``embedding_size`` = ``feat_embed_dim``). (default: ``64``)
+        n_layers: L_c, LightGCN layers of the collaborative graph embedding, Eqs. 2–3 (the
+            code's ``n_ui_layers``; grid {1..4}). (default: ``2``)
+        n_mm_layers: L_m, propagation layers of the modality graph embedding, Eq. 6; only the
+            last layer is used, 0 keeps the initial features (grid {0..4}). (default: ``2``)
+        n_hyper_layer: L_h ≥ 1, hypergraph message-passing layers, Eq. 9 (grid {1..4}).
+            (default: ``1``)
+        hyper_num: A, hyperedges (implicit attributes) per modality, Eq. 7 (grid 2..256).
+            (default: ``4``)
+        keep_rate: probability of keeping an entry of the dependency matrices in the dropout of
+            Eq. 9, training only (the paper's "ρ"; grid 0.1..1). (default: ``0.5``)
+        alpha: weight α of the normalised global embedding in the fusion, Eq. 13.
+            (default: ``0.3``)
+        cl_weight: λ_cl, weight of the (batch-summed) hypergraph contrastive loss, Eq. 15.
+            (default: ``0.0001``)
+        reg_weight: λ_reg, weight of the non-squared Frobenius norms of the batch's final
+            embeddings divided by the batch size (the code's ``reg_loss``, not the paper's
+            weight decay). (default: ``1e-06``)
+        temperature: τ of both the Gumbel-softmax (Eq. 8) and the contrastive loss (Eq. 12),
+            hard-coded ``tau = 0.2`` in the code. (default: ``0.2``)
+        cf_model: ``"lightgcn"``, or ``"mf"`` for E_c = E⁰ without propagation.
+            (default: ``'lightgcn'``)
+        deterministic_inference: False, as the code's ``full_sort_predict``: the Gumbel noise
+            is also drawn at inference, so evaluation is random; True: plain softmax(S/τ) at
+            inference (training is unchanged). (default: ``False``)
+        legacy_user_hyperedges: reproduce the bug of the first published ``models/lgmrec.py``
+            (Aug 2023, before commit d918d5a), which produced the official logs: the visual
+            user dependency matrix is the Gumbel-softmax of the TEXT user logits, and the text
+            user matrix is the raw text user logits. Needs exactly two modalities.
+            (default: ``False``)
     """
 
     name = "lgmrec"
@@ -236,7 +251,8 @@ class LGMRec(Recommender):
         "lr_scheduler": [1.0, 50], "eval_step": 1, "patience": 20, "seed": 999,
         "sampler": "interactions", "negatives_from": "train_items", "valid_metrics": ["recall@20"],
     }
-    presets = {  # spec §9.1 "Default" rows (official yaml at HEAD)
+    presets = {  # the official configs/dataset/{baby,sports,clothing}.yaml at HEAD (= paper Table 4,
+                 # but for Clothing's n_layers: 3 in the paper, 2 in the yaml, log and MMRec)
         "baby": {"n_layers": 2, "n_mm_layers": 2, "n_hyper_layer": 1, "hyper_num": 4,
                  "keep_rate": 0.5, "alpha": 0.3},
         "sports": {"n_layers": 4, "n_mm_layers": 2, "n_hyper_layer": 1, "hyper_num": 4,
@@ -281,7 +297,7 @@ class LGMRec(Recommender):
         self.legacy_user_hyperedges = legacy_user_hyperedges
         self.modalities = list(data.features)
 
-        # constant graphs (§2.1): Â (symmetric), R and Rᵀ, 1/(deg_u + 1e-7)
+        # constant graphs: Â (symmetric), R and Rᵀ, 1/(deg_u + 1e-7)
         def build():
             r = binarize(data.train)
             return {"norm_adj": normalized_adjacency(r, eps=_EPS_DEG), "inter": r,
@@ -293,7 +309,7 @@ class LGMRec(Recommender):
         self.register_buffer("inv_user_degree", torch.from_numpy(g["inv_user_degree"])[:, None],
                              persistent=False)
 
-        # frozen raw features and trainable parameters (§1)
+        # frozen raw features and trainable parameters
         self._keys = []
         self.user_embedding = nn.Parameter(torch.empty(self.n_users, embedding_dim))
         self.item_embedding = nn.Parameter(torch.empty(self.n_items, embedding_dim))
@@ -353,7 +369,7 @@ class LGMRec(Recommender):
         return h_user @ z, g_item, z
 
     def forward(self, users: torch.Tensor | None = None, items: torch.Tensor | None = None):
-        """Full-graph pass; the fused E* (§5) only for the requested rows (default: all).
+        """Full-graph pass; the fused E* (Eq. 13) only for the requested rows (default: all).
 
         Returns (E*_u[users] (·, d), E*_i[items] (·, d), a :class:`GlobalParts` per modality).
         The fusion is row-wise, so fusing only the rows a batch reads is exact.

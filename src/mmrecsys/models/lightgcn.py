@@ -1,4 +1,7 @@
-"""LightGCN (He et al., SIGIR 2020) as in MMRec (protocol §5.2).
+"""LightGCN: He et al., "LightGCN: Simplifying and Powering Graph Convolution Network for
+Recommendation", SIGIR 2020 (Eqs. 3–5: light graph convolution, layer combination with
+α_l = 1/(L+1), prediction; Eq. 7: the matrix form), as in MMRec (``enoche/MMRec``
+``src/models/lightgcn.py``, grid ``src/configs/model/LightGCN.yaml``).
 
 .. math::
     \\hat A = D^{-1/2} A D^{-1/2},\\ D_{vv} = \\deg(v) + 10^{-7}, \\qquad
@@ -23,9 +26,12 @@ class LightGCN(Recommender):
     """LightGCN: linear propagation on the normalised user–item graph, mean over layers.
 
     Args:
-        embedding_dim: d (MMRec's ``embedding_size``; default 64).
-        n_layers: L (MMRec grid {1, 2, 3, 4}).
-        reg_weight: λ (MMRec grid {1e-2, …, 1e-6}).
+        embedding_dim: d, width of the layer-0 embeddings E⁰ (MMRec's ``embedding_size``).
+            (default: ``64``)
+        n_layers: L, propagation layers averaged with layer 0 (MMRec grid {1, 2, 3, 4}).
+            (default: ``2``)
+        reg_weight: λ of the EmbLoss regulariser on the batch's layer-0 rows (MMRec grid
+            {1e-2, …, 1e-6}). (default: ``0.0001``)
     """
 
     name = "lightgcn"

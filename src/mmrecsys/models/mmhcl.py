@@ -1,8 +1,13 @@
-"""MMHCL: Multi-Modal Hypergraph Contrastive Learning (Xu et al., ACM TOMM 2025, arXiv 2504.16576).
+"""MMHCL: Xu et al., "MMHCL: Multi-Modal Hypergraph Contrastive Learning for Recommendation",
+ACM TOMM 2025 (arXiv:2504.16576): the u2u and i2i hypergraphs, hypergraph convolution and the
+synergistic contrastive loss.
 
-Reproduces the released code (Xu107/MMHCL) as specified in shared/spec/mmhcl.md.
+Reproduces the released code, ``Xu107/MMHCL`` (``codes/Models.py`` class ``MMHCL``,
+``codes/main.py`` ``Trainer``, ``codes/utility/load_data.py``, ``codes/utility/parser.py``
+defaults), with its LightGCN backbone; where paper and code differ, the code is followed.
 
-Graphs (fixed, built once from the training split and the item features; spec §2):
+Graphs (fixed, built once from the training split and the item features; ``load_data.py``
+``get_UI_mat``, ``get_U2U_mat``, ``get_I2I_Hypergraph_mul_mat``):
 
 .. math::
     \\hat A = D^{-1/2} A D^{-1/2},\\ A = [[0, R], [R^T, 0]]           \\quad (\\text{no self-loops, } 0^{-1/2} = 0)
@@ -12,7 +17,7 @@ Graphs (fixed, built once from the training split and the item features; spec §
     H = [\\tilde I_1 | \\dots | \\tilde I_M],\\ \\tilde I_m[i,j] = 1[j \\in \\mathrm{topK}_m(i),\\ S_m[i,j] > 0]
     \\quad (\\text{self included}),\\qquad G_{ii} = D_P^{-1/2} H H^T D_P^{-1/2},\\ D_P = \\mathrm{diag}(H H^T 1)
 
-Forward (spec §3.2):
+Forward (``Models.py`` ``MMHCL.forward``):
 
 .. math::
     h_I = G_{ii}^{L_I} Q_I,\\quad h_U = G_{uu}^{L_U} Q_U,\\quad
@@ -21,7 +26,8 @@ Forward (spec §3.2):
     \\tilde e_I = e_I + \\mathrm{norm}(h_I),\\quad \\tilde e_U = e_U + \\mathrm{norm}(h_U),\\quad
     \\hat y(u,i) = \\tilde e_U[u] \\cdot \\tilde e_I[i]
 
-Loss per batch of B (user, positive, negative) triples (spec §4):
+Loss per batch of B (user, positive, negative) triples (``main.py`` ``Trainer.train`` and
+``bpr_loss``; ``Models.py`` ``batched_contrastive_loss``, a GRACE-style one-directional loss):
 
 .. math::
     L = -\\frac1B \\sum_b \\log\\sigma(\\hat y_{up} - \\hat y_{un})
@@ -33,7 +39,7 @@ Loss per batch of B (user, positive, negative) triples (spec §4):
 
 over *all* N users (items) at every step, c the cosine similarity. The contrastive loss is
 computed exactly, in anchor chunks, by a custom autograd function that evaluates the loss and
-its gradient in one chunked pass and keeps only O(chunk · N) memory (spec §9.2); no negative
+its gradient in one chunked pass and keeps only O(chunk · N) memory; no negative
 is subsampled. Hypergraph operators are applied in factored form (see graphs/hypergraph.py):
 no users×users or items×items matrix is ever built.
 """
@@ -118,7 +124,8 @@ class _AllNodeInfoNCE(torch.autograd.Function):
 
 def all_node_infonce(z1: torch.Tensor, z2: torch.Tensor, tau: float,
                      chunk_size: int = 2048) -> torch.Tensor:
-    """CL(Z1, Z2) of spec §4.3: mean over all N anchors of −log(pos / (intra + inter)).
+    """CL(Z1, Z2) of the code's ``batched_contrastive_loss``: mean over all N anchors of
+    −log(pos / (intra + inter)).
 
     Exact (every node is a negative); memory O(chunk_size · N). All-zero rows give cosine 0.
     """
@@ -140,23 +147,33 @@ def dense_infonce(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tenso
 class MMHCL(Recommender):
     """MMHCL with the LightGCN backbone (the only one used in the authors' logs).
 
+    Defaults are ``codes/utility/parser.py``'s (the TikTok settings); the presets hold the
+    settings of the authors' logs (``log/{tiktok,clothing,sports}.txt``).
+
     Args:
-        embedding_dim: d (the code's ``embed_size``), size of the four embedding tables E_U, E_I, Q_U, Q_I (default 64).
-        regs: weight of the L2 penalty on the batch's fused embeddings (1e-3; Sports 1e-5).
-        knn_k: K of the per-modality top-K item neighbourhoods, self included (5; Clothing 10).
-            Named ``topk`` in the reference code; renamed because ``topk`` is the evaluator's
-            list of cutoffs.
-        n_layers: L_UI (the code's ``UI_layers``), LightGCN layers on the user–item graph, averaged with layer 0 (2).
-        user_layers: L_U, powers of the u2u operator, last layer only (3; Clothing/Sports 2).
-        item_layers: L_I, powers of the i2i operator, last layer only (2).
+        embedding_dim: d, width of the four embedding tables E_U, E_I, Q_U, Q_I (the code's
+            ``embed_size``). (default: ``64``)
+        regs: weight of the L2 penalty on the batch's fused embeddings (Sports 1e-5).
+            (default: ``0.001``)
+        knn_k: K of the per-modality top-K item neighbourhoods, self included (Clothing 10).
+            The code's ``topk``, renamed because ``topk`` is the evaluator's list of cutoffs.
+            (default: ``5``)
+        n_layers: L_UI, LightGCN layers on the user–item graph, averaged with layer 0 (the
+            code's ``UI_layers``). (default: ``2``)
+        user_layers: L_U, powers of the u2u operator, last layer only (the code's
+            ``User_layers``; Clothing and Sports 2). (default: ``3``)
+        item_layers: L_I, powers of the i2i operator, last layer only (the code's
+            ``Item_layers``). (default: ``2``)
         user_loss_ratio: α, weight of the u2u contrastive loss; 0 disables the u2u branch
-            (0.03; Clothing 0.1, Sports 0.3).
+            (Clothing 0.1, Sports 0.3). (default: ``0.03``)
         item_loss_ratio: β, weight of the i2i contrastive loss; 0 disables the i2i branch
-            (0.07; Clothing and Sports 0.7).
-        temperature: τ of both contrastive losses (0.6; Clothing 0.4, Sports 0.5).
+            (Clothing and Sports 0.7). (default: ``0.07``)
+        temperature: τ of both contrastive losses (Clothing 0.4, Sports 0.5).
+            (default: ``0.6``)
         cl_chunk_size: anchors per block of the exact all-node contrastive loss; changes memory
-            (about 4 · 2N · chunk bytes) and speed, not the result (1024).
-        knn_chunk_size: rows per block of the top-K similarity search (2048).
+            (about 4 · 2N · chunk bytes) and speed, not the result. (default: ``1024``)
+        knn_chunk_size: rows per block of the top-K similarity search; changes memory, not
+            the result. (default: ``2048``)
     """
 
     name = "mmhcl"
@@ -242,7 +259,7 @@ class MMHCL(Recommender):
 
     # ------------------------------------------------------------------ forward
     def forward(self):
-        """(ẽ_U, ẽ_I, h_I, h_U) of spec §3.2."""
+        """(ẽ_U, ẽ_I, h_I, h_U) as the code's ``MMHCL.forward`` returns them."""
         if self.item_loss_ratio != 0:
             h_i = power(self.i2i, self.ii_embedding, self.item_layers)
         else:

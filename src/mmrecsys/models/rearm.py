@@ -1,22 +1,28 @@
 """REARM: refined contrastive learning and homography relations.
 
 Ma, Zeng, Wu, Xu, "Refining Contrastive Learning and Homography Relations for Multi-Modal
-Recommendation", ACM MM 2025 (arXiv:2508.13745); official code MrShouxingMa/REARM (HEAD 6502a00).
-Implemented from ``spec/rearm.md`` (section numbers below); where paper and code differ, the
-code's behaviour is the default (§10).
+Recommendation", ACM MM 2025 (arXiv:2508.13745): homography relations (Sec. 4.2), the
+meta-network (Sec. 4.4.2) and the orthogonal constraint (Sec. 4.4.3). Official code
+``MrShouxingMa/REARM`` at 6502a00: ``model.py`` (``REARM.forward``, ``loss``,
+``meta_extra_share``, ``MLP``), ``utils/helper.py`` (graph builders, ``propgt_info``,
+``ssl_loss``, ``cal_diff_loss``), ``utils/data_loader.py`` and ``utils/parser.py``. Where paper
+and code differ, the code's behaviour is the default: the paper leaves the attention form open,
+applies the meta-network to items only and writes the orthogonal loss as a squared Frobenius
+norm; the code attends over the 64 coordinates of an item, builds meta-networks for users and
+items on a detached random compressor, and averages the orthogonal loss over the d² entries.
 
 Notation: U users, I items, N = U + I, d = ``embedding_dim``, modalities m = 1..M in the order of
 ``data.features`` (MMRec data: image_feat = v, text_feat = t), R the binary (U, I) training
 matrix, ℓ2(x) = x / max(‖x‖₂, 1e-12) row-wise, ρ ONE shared PReLU (slope init 0.25), LN ONE
 shared LayerNorm(d), sg = stop-gradient.
 
-Homographs (§2, built once from TRAIN data and raw features, see graphs/cooccurrence.py)::
+Homographs (built once from TRAIN data and raw features, :func:`rearm_homographs`)::
 
     G^I = α_i Ĉ^I + (1 − α_i) (β_i S_k^{I,v} + (1 − β_i) S_k^{I,t}) / k_i
     G^U = α_u Ĉ^U + (1 − α_u) (β_u S_k^{U,v} + (1 − β_u) S_k^{U,t}) / k_u
     Â   = D^{-1/2} [[0, R], [Rᵀ, 0]] D^{-1/2}
 
-Forward over all N nodes (§3–§5)::
+Forward over all N nodes (``REARM.forward`` and ``meta_extra_share``)::
 
     X_m = V′_m W_im + b,  Y_m = P_m W_um + b       (V′, P trainable, init raw / user-mean features)
     [Ẽ_I ‖ H_1 ‖ … ‖ H_M] = ℓ2((G^I)^{L_ii} [E_I ‖ X_1 ‖ … ‖ X_M])   (last hop, ONE joint norm)
@@ -35,7 +41,7 @@ Att(q, c) reads each d-vector as d tokens of width 1 (one head, embed_dim 1, sca
 π_ab = softmax_b((w_q q_a + b_q)(w_k c_b + b_k)), dropout on π in training (p = 1 gives 0),
 out_a = w_o Σ_b π_ab (w_v c_b + b_v) + b_o — torch MultiheadAttention(1, 1) on x.unsqueeze(-1).
 
-Losses (§5–§6), batch of B triples (u, i⁺, i⁻)::
+Losses (``REARM.loss``, ``ssl_loss``, ``cal_diff_loss``), batch of B triples (u, i⁺, i⁻)::
 
     L_bpr  = −mean log σ(ŷ(u, i⁺) − ŷ(u, i⁻))
     nce(B) = −(1/|B|) Σ_{a∈B} log softmax_b(ℓ2(F_v)_a · ℓ2(F_t)_b / τ)_a     (B unique nodes)
@@ -45,8 +51,9 @@ Losses (§5–§6), batch of B triples (u, i⁺, i⁻)::
     L = L_bpr + L_cl + L_diff;  L2 = AdamW decoupled weight decay (the code's ``reg_weight``
     is the trainer's ``weight_decay``).
 
-More than two modalities (an extension; the spec has v and t): cross-attention queries the
-next modality cyclically (C_m: q = A_{m+1 mod M}, c = A_m, which is the spec for M = 2), the
+More than two modalities (an extension; the code has v and t, the paper says it extends,
+Sec. 4.1): cross-attention queries the next modality cyclically (C_m: q = A_{m+1 mod M},
+c = A_m, which is the code for M = 2), the
 InfoNCE and orthogonal terms sum over consecutive pairs (m, m+1), and the graph weight β goes
 to the first modality with (1 − β) shared equally by the others. With one modality there is no
 cross-attention and L_cl = L_diff = 0.
@@ -60,10 +67,11 @@ Declared deviations (statistical only): attention dropout keeps an entry with pr
 round((1 − p)·2^15)/2^15 (within 1.6e-5 of 1 − p; masks come from 15-bit random words, not
 torch.bernoulli); co-occurrence ties are broken by ascending index and the padding draws use
 numpy's Generator(``graph_seed``) (the code's order is torch.topk's and its draws the global
-numpy RNG, spec §10).
+numpy RNG, ``utils/helper.py`` ``creat_dict_graph`` and ``topk_sample``).
 
 Compatibility options (off by default because they let held-out data influence training):
-``user_popularity_heldout`` (the fallback user popularity of §2.2 case C counts valid and test
+``user_popularity_heldout`` (the fallback user popularity of empty rows, case C of
+:mod:`mmrecsys.graphs.cooccurrence`, counts valid and test
 interactions, as the code does; never triggers on Baby/Sports/Clothing) and the trainer's
 ``neg_exclude_heldout`` (negatives avoid valid/test items, as the code does).
 """
@@ -260,11 +268,17 @@ class _ScalarAttentionCore(torch.autograd.Function):
 
 
 class ScalarAttention(nn.Module):
-    """One-head attention over the d coordinates of each row (token width 1), spec §3.2.
+    """One-head attention over the d coordinates of each row (token width 1), the code's
+    ``nn.MultiheadAttention(1, 1)`` blocks ``self_i_attn*`` and ``mutual_i_attn*``.
 
     Equal to ``nn.MultiheadAttention(1, 1, dropout=p, batch_first=True)`` applied to
-    ``q.unsqueeze(-1)``, ``c.unsqueeze(-1)``: 8 scalar parameters. ``chunk_size`` rows are
-    processed at a time (the (rows, d, d) attention map is the memory cost).
+    ``q.unsqueeze(-1)``, ``c.unsqueeze(-1)``: 8 scalar parameters.
+
+    Args:
+        dropout: probability of dropping an entry of the attention map, training only.
+            (default: ``0.0``)
+        chunk_size: rows processed at a time (the (rows, d, d) attention map is the memory
+            cost; the result does not depend on it). (default: ``256``)
     """
 
     def __init__(self, dropout: float = 0.0, chunk_size: int = 256):
@@ -297,7 +311,13 @@ class ScalarAttention(nn.Module):
 
 
 class LowRankGenerator(nn.Module):
-    """g(x) = ℓ2(W₂ PReLU(W₁ x + b₁) + b₂): d → d·r, own PReLU slope (init 0.25), spec §5.2."""
+    """g(x) = ℓ2(W₂ PReLU(W₁ x + b₁) + b₂): d → d·r, own PReLU slope (init 0.25): the code's
+    ``MLP`` (``model.py``), the generator of the meta-network (paper Sec. 4.4.2).
+
+    Args:
+        d: input width (the embedding width). No default.
+        rank: r; the output has d·r entries. No default.
+    """
 
     def __init__(self, d: int, rank: int):
         super().__init__()
@@ -335,7 +355,8 @@ def info_nce(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
 
 
 def orthogonal_loss(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-    """mean over the d×d entries of (X̃1ᵀ X̃2)², X̃ = centred X / (sg‖row‖₂ + 1e-6), spec §5.3."""
+    """mean over the d×d entries of (X̃1ᵀ X̃2)², X̃ = centred X / (sg‖row‖₂ + 1e-6): the code's
+    ``cal_diff_loss`` (paper Sec. 4.4.3 writes a squared Frobenius norm, i.e. d² times this)."""
     x1 = x1 - x1.mean(0, keepdim=True)
     x2 = x2 - x2.mean(0, keepdim=True)
     x1 = x1 / (x1.norm(dim=1, keepdim=True).detach() + 1e-6)
@@ -346,30 +367,40 @@ def orthogonal_loss(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
 class REARM(Recommender):
     """REARM (refined contrastive learning + homography relations), code-faithful.
 
-    Args:
-        embedding_dim: d, ID embeddings and projected modal features (64).
-        n_layers: L (the code's ``num_layer``), LightGCN layers on the user–item graph (mean of layers 0..L).
-        rank: r, rank of the meta-network's low-rank transformations.
-        s_drop: dropout on the self-attention maps (training only; 1.0 zeroes them).
-        m_drop: dropout on the cross-attention maps.
-        u_mm_image_weight: β_u, weight of the image kNN graph in the user similarity mix.
-        i_mm_image_weight: β_i, same for items (0 removes the image item graph).
-        uu_co_weight: α_u, weight of the user co-occurrence graph in G^U.
-        ii_co_weight: α_i, weight of the item co-occurrence graph in G^I.
-        user_knn_k: k_u, neighbours per user in the co-occurrence and kNN graphs.
-        item_knn_k: k_i, neighbours per item.
-        n_uu_layers: L_uu, hops on G^U (last hop only; 0 = none).
-        n_ii_layers: L_ii, hops on G^I.
-        temperature: τ (the code's ``cl_tmp``) of the inter-modal InfoNCE.
-        cl_loss_weight: λ_cl.
-        diff_loss_weight: λ_ort, weight of the orthogonal constraint.
-        graph_seed: seed of the co-occurrence padding draws (case B of §2.2).
-        trainable_compressor: ablation (spec §10.3): no stop-gradient on K, so Φ is trained.
-        user_popularity_heldout: compatibility quirk (off): the fallback user popularity of
-            §2.2 case C counts valid and test interactions, as the official code does.
+    Defaults are ``utils/parser.py``'s; the presets are the README's command lines for Baby,
+    Sports and Clothing. The code's ``reg_weight`` (5e-4) is AdamW's decoupled weight decay,
+    i.e. the trainer's ``weight_decay`` (in ``train_defaults`` and the presets).
 
-    The code's ``reg_weight`` (5e-4) is AdamW's decoupled weight decay: the trainer's
-    ``weight_decay`` (train_defaults and presets).
+    Args:
+        embedding_dim: d, width of the ID embeddings and of the projected modal features.
+            (default: ``64``)
+        n_layers: L, LightGCN layers on the user–item graph, mean of layers 0..L (the code's
+            ``num_layer``). (default: ``4``)
+        rank: r, rank of the meta-network's low-rank transformations. (default: ``3``)
+        s_drop: dropout on the self-attention maps, training only (1.0 zeroes them).
+            (default: ``0.4``)
+        m_drop: dropout on the cross-attention maps, training only. (default: ``0.6``)
+        u_mm_image_weight: β_u, weight of the image kNN graph in the user similarity mix.
+            (default: ``0.2``)
+        i_mm_image_weight: β_i, the same for items (0 removes the image item graph).
+            (default: ``0.0``)
+        uu_co_weight: α_u, weight of the user co-occurrence graph in G^U. (default: ``0.4``)
+        ii_co_weight: α_i, weight of the item co-occurrence graph in G^I. (default: ``0.2``)
+        user_knn_k: k_u, neighbours per user in the co-occurrence and kNN graphs.
+            (default: ``40``)
+        item_knn_k: k_i, neighbours per item. (default: ``10``)
+        n_uu_layers: L_uu, hops on G^U, last hop only (0: none). (default: ``1``)
+        n_ii_layers: L_ii, hops on G^I. (default: ``1``)
+        temperature: τ of the inter-modal InfoNCE (the code's ``cl_tmp``). (default: ``0.6``)
+        cl_loss_weight: λ_cl, weight of the InfoNCE terms. (default: ``5e-06``)
+        diff_loss_weight: λ_ort, weight of the orthogonal constraint. (default: ``0.0001``)
+        graph_seed: seed of the co-occurrence padding draws (case B of
+            :mod:`mmrecsys.graphs.cooccurrence`). (default: ``2025``)
+        trainable_compressor: ablation: no stop-gradient on the compressor K of the
+            meta-network, so Φ is trained (the code detaches it). (default: ``False``)
+        user_popularity_heldout: compatibility quirk: the fallback user popularity of users
+            without co-occurring users (case C) counts valid and test interactions, as the
+            official code does. (default: ``False``)
     """
 
     name = "rearm"
@@ -439,7 +470,7 @@ class REARM(Recommender):
         self.modalities = list(data.features)
         M = self.n_modalities = len(self.modalities)
 
-        # -- graphs (§2) --------------------------------------------------------------
+        # -- graphs ------------------------------------------------------------------
         user_interest = {m: user_interest_features(data.train, x) for m, x in data.features.items()}
         pop = None
         if user_popularity_heldout:
@@ -454,7 +485,7 @@ class REARM(Recommender):
         self.item_graph = SparseGraph(g_i, symmetric=False)
         self.norm_adj = SparseGraph(normalized_adjacency(data.train), symmetric=True)
 
-        # -- parameters (§3.1) ----------------------------------------------------------
+        # -- parameters ----------------------------------------------------------------
         self.user_embedding = nn.Parameter(torch.empty(U, d))
         self.item_embedding = nn.Parameter(torch.empty(I, d))
         self.item_raw = nn.ParameterList()
