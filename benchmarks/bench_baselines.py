@@ -3,7 +3,7 @@
     python benchmarks/bench_baselines.py [--dataset baby] [--models bpr lightgcn] [--set k=v ...]
 
 Prints test Recall/NDCG @10/@20 at the best validation epoch next to MMRec's published numbers
-(protocol §6.1), seconds per training epoch, seconds per full evaluation pass (valid + test)
+(``enoche/MMRec`` ``evaluation/README.md``), seconds per training epoch, seconds per full evaluation pass (valid + test)
 and peak memory. Also measures the evaluation of the Clothing split (--eval-only-clothing).
 Interaction data only: no modality features are used by these models.
 """
@@ -25,7 +25,7 @@ from mmrecsys.data import load_dataset  # noqa: E402
 from mmrecsys.evaluation import evaluate, heldout_users, rank_users  # noqa: E402
 from mmrecsys.train import fit  # noqa: E402
 
-MMREC = {  # protocol §6.1: Recall@10, Recall@20, NDCG@10, NDCG@20
+MMREC = {  # MMRec's evaluation/README.md: Recall@10, Recall@20, NDCG@10, NDCG@20
     ("baby", "bpr"): (0.0357, 0.0575, 0.0192, 0.0249),
     ("baby", "lightgcn"): (0.0479, 0.0754, 0.0257, 0.0328),
     ("sports", "bpr"): (0.0432, 0.0653, 0.0241, 0.0298),

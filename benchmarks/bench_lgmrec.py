@@ -6,7 +6,7 @@
     python benchmarks/bench_lgmrec.py --only clothing [--max-epochs 1]   # peak memory (< 8 GB?)
 
 Prints, for each dataset, test Recall/NDCG@10/@20 at the best validation epoch (early stopping on
-validation Recall@20, patience 20, spec §7), test Recall@20 restricted to held-out interactions
+validation Recall@20, patience 20, as the official code), test Recall@20 restricted to held-out interactions
 whose item has 1–2 training interactions, seconds per training epoch (median), seconds per full
 evaluation pass (valid + test, best of 3) and the process's peak resident memory after each
 model. Baby and Clothing use the real interaction splits from ../shared/data with *proxy

@@ -6,11 +6,12 @@ Clothing peak memory.
     flock /tmp/mmrecsys-heavy.lock python benchmarks/bench_rearm.py --only clothing [--max-epochs 1]
 
 Prints test Recall/NDCG@10/@20 at the best validation epoch (early stopping on validation
-Recall@20, patience 20, spec §7.2; ``--max-epochs`` caps the run and the output says so), test
+Recall@20, patience 20, as the official code; ``--max-epochs`` caps the run and the output says so), test
 Recall@20 over held-out interactions whose item has 1–2 training interactions, and for REARM:
 graph-building seconds (empty graph cache, per component), median seconds per training epoch,
 seconds per evaluation pass (valid + test, best of 3) and the process's peak resident memory.
-REARM uses the spec's per-dataset preset (lr 5e-5, AdamW, batch 2048); LightGCN its own defaults.
+REARM uses its per-dataset preset (the official README's settings; lr 5e-5, AdamW, batch 2048);
+LightGCN its own defaults.
 Baby and Clothing use the real splits from ../shared/data with *proxy features* from
 ../shared/tools/make_proxy_features.py (default arguments: 4096-d image, 384-d text): every such
 figure is labelled "proxy features" and is not comparable with the paper's numbers.
@@ -127,7 +128,7 @@ def main():
         ev = eval_pass_seconds(net, data)
         peak = peak_rss_gb()
         print(f"{name} REARM speed [proxy features]: graph building {graphs:.1f}s ({comp}); model "
-              f"build incl. graphs {res['graph_build_seconds']:.1f}s; {epoch_s:.1f}s/epoch (median "
+              f"build incl. graphs {res['model_build_seconds']:.1f}s; {epoch_s:.1f}s/epoch (median "
               f"of {len(res['history'])}); eval pass (valid+test) {ev:.2f}s; peak RSS {peak:.2f} GB",
               flush=True)
         if name == "baby":

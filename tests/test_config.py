@@ -146,7 +146,7 @@ def test_hyperparameter_clash_with_trainer_key():
 
 def test_real_models_resolve_with_their_defaults():
     cfg = resolve_config(BPR, "whatever")
-    assert cfg["embedding_size"] == 64 and cfg["reg_weight"] == 1e-4
+    assert cfg["embedding_dim"] == 64 and cfg["reg_weight"] == 1e-4
     assert cfg["epochs"] == 1000 and cfg["patience"] == 20 and cfg["lr"] == 1e-3
     assert cfg["valid_metrics"] == ["recall@20"] and cfg["topk"] == [5, 10, 20, 50]
 

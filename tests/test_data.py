@@ -1,4 +1,4 @@
-"""Loading and validating a dataset folder in the standard format (protocol §1)."""
+"""Loading and validating a dataset folder in the standard (MMRec) format."""
 from __future__ import annotations
 
 import pathlib
@@ -92,7 +92,7 @@ def test_optional_rating_timestamp_columns_in_any_order(tmp_path):
 
 
 def test_ids_span_all_splits(tmp_path):
-    # item 7 and user 4 appear only in held-out rows: n_items/n_users still cover them (§1.1)
+    # item 7 and user 4 appear only in held-out rows: n_items/n_users still cover them (as MMRec)
     folder = tmp_path / "span"
     rows = ROWS + [(4, 0, 0), (4, 7, 2)]
     write_inter(folder, rows)
@@ -228,7 +228,7 @@ def test_heldout_rows_of_users_without_training_dropped(tmp_path):
     write_inter(folder, rows)
     with pytest.warns(UserWarning, match=r"left 3 validation/test rows of 2 users.*keep_users_without_train"):
         ds = load_dataset(folder)
-    assert ds.n_users == 5  # the id range still counts them (§1.1)
+    assert ds.n_users == 5  # the id range still counts them (as MMRec)
     assert ds.valid[3].nnz == 0 and ds.test[3].nnz == 0 and ds.test[4].nnz == 0
     assert ds.valid.nnz == 2 and ds.test.nnz == 3
     # MMHCL's population: the option (or config key) puts them back, and only them

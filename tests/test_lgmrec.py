@@ -1,4 +1,4 @@
-"""LGMRec (spec/lgmrec.md): hand-checked small cases, a dense literal reference, a short training run."""
+"""LGMRec (georgeguo-cn/LGMRec models/lgmrec.py): hand-checked small cases, a dense literal reference, a short training run."""
 from __future__ import annotations
 
 import math
@@ -55,7 +55,7 @@ def test_adjacency_normalisation_by_hand():
 
 def test_user_modal_initialisation_is_mean_of_projected_items():
     data = tiny_data()
-    m = LGMRec(data, embedding_size=3, hyper_num=2)
+    m = LGMRec(data, embedding_dim=3, hyper_num=2)
     f0, s_item, s_user = m.modal_inputs()[0]
     x = torch.from_numpy(data.features["image_feat"])
     fi = x @ m.projection["image_feat"]
@@ -70,7 +70,7 @@ def test_user_modal_initialisation_is_mean_of_projected_items():
 
 def test_mge_propagation_last_layer_and_cge_layer_mean():
     data = tiny_data()
-    m = LGMRec(data, embedding_size=3, n_ui_layers=2, n_mm_layers=3)
+    m = LGMRec(data, embedding_dim=3, n_layers=2, n_mm_layers=3)
     a = dense(m.norm_adj)
     ego = torch.randn(7, 3)
     f0 = [torch.randn(7, 3), torch.randn(7, 3)]
@@ -88,7 +88,7 @@ def test_mge_propagation_last_layer_and_cge_layer_mean():
 
 # ---------------------------------------------------------------------------- hypergraph
 def test_dependency_matrices_gumbel_softmax_and_dropout():
-    m = LGMRec(tiny_data(), tau=0.2)
+    m = LGMRec(tiny_data(), temperature=0.2)
     logits = torch.tensor([[0.0, 0.2, -0.1], [1.0, 0.0, 0.0]])
     torch.manual_seed(5)
     h = m.dependency(logits)
@@ -180,7 +180,7 @@ def test_contrastive_factored_and_chunked_paths_match_direct(tau):
 
 # ---------------------------------------------------------------------------- full model
 def reference_loss(m: LGMRec, data: Dataset, users, pos, neg, training=True, legacy=False):
-    """Literal dense transcription of the official forward/loss (spec §2–§6), same RNG order."""
+    """Literal dense transcription of the official forward/loss (paper Eqs. 2–15, code's forward and calculate_loss), same RNG order."""
     U, I = data.n_users, data.n_items
     r = torch.from_numpy(data.train.toarray())
     a = torch.zeros(U + I, U + I)
@@ -194,12 +194,12 @@ def reference_loss(m: LGMRec, data: Dataset, users, pos, neg, training=True, leg
     for k, x in zip(keys, xs):
         i_h = x @ m.hyperedges[k]
         u_h = r @ i_h
-        hyp.append([F.gumbel_softmax(i_h, m.tau, dim=1), F.gumbel_softmax(u_h, m.tau, dim=1), u_h])
+        hyp.append([F.gumbel_softmax(i_h, m.temperature, dim=1), F.gumbel_softmax(u_h, m.temperature, dim=1), u_h])
     if legacy:
         hyp[0][1], hyp[1][1] = hyp[1][1], hyp[1][2]
     ego = torch.cat([m.user_embedding, m.item_embedding])
     layers = [ego]
-    for _ in range(m.n_ui_layers):
+    for _ in range(m.n_layers):
         layers.append(a_hat @ layers[-1])
     cge = torch.stack(layers).mean(0)
     lge = cge
@@ -229,8 +229,8 @@ def reference_loss(m: LGMRec, data: Dataset, users, pos, neg, training=True, leg
 
     def ssl(e1, e2, all_e):
         n1, n2, na = F.normalize(e1), F.normalize(e2), F.normalize(all_e)
-        pos_s = torch.exp((n1 * n2).sum(1) / m.tau)
-        ttl = torch.exp(n1 @ na.T / m.tau).sum(1)
+        pos_s = torch.exp((n1 * n2).sum(1) / m.temperature)
+        ttl = torch.exp(n1 @ na.T / m.temperature).sum(1)
         return -torch.log(pos_s / ttl).sum()
 
     (gu_v, gi_v), (gu_t, gi_t) = per[0], per[1]
@@ -243,7 +243,7 @@ def reference_loss(m: LGMRec, data: Dataset, users, pos, neg, training=True, leg
 def test_total_loss_matches_dense_reference(legacy):
     data = tiny_data()
     torch.manual_seed(1)
-    m = LGMRec(data, embedding_size=4, hyper_num=2, n_ui_layers=2, n_mm_layers=2, n_hyper_layer=2,
+    m = LGMRec(data, embedding_dim=4, hyper_num=2, n_layers=2, n_mm_layers=2, n_hyper_layer=2,
                keep_rate=0.6, alpha=0.7, cl_weight=0.01, reg_weight=0.1,
                legacy_user_hyperedges=legacy)
     users, pos, neg = torch.tensor([0, 2, 2, 1]), torch.tensor([1, 0, 2, 1]), torch.tensor([2, 3, 3, 0])
@@ -270,13 +270,44 @@ def test_total_loss_matches_dense_reference(legacy):
     torch.testing.assert_close(torch.cat([ue, ie]), out.detach(), rtol=1e-5, atol=1e-6)
 
 
-def test_initial_hcl_magnitude_and_parameter_count():
-    data = tiny_data()
-    m = LGMRec(data, embedding_size=4, hyper_num=2)
-    # (U + I)·d + Σ_m D_m·(d + A)
-    assert sum(p.numel() for p in m.parameters()) == 7 * 4 + 5 * 6 + 3 * 6
-    # Baby (spec §1): 19,445 users, 7,050 items, 4096/384-d features → 2,000,320 parameters
-    assert (19445 + 7050) * 64 + (4096 + 384) * (64 + 4) == 2_000_320
+def test_initial_hcl_magnitude_is_the_batch_sum_of_log_n():
+    """At initialisation a positive is no closer than any candidate, so each anchor row costs
+    about log(N) nats; the official loss SUMS them over the batch, so with its weights
+    (λ_cl = 1e-4, B = 2048) the weighted HCL term is λ·B·(log U + log I) and dominates BPR."""
+    from mmrecsys.data.synthetic import make_synthetic
+    data = make_synthetic()                                     # 2000 users, 1000 items
+    torch.manual_seed(999)
+    m = LGMRec(data).train()
+    r = data.train.tocoo()
+    pick = np.random.default_rng(0).choice(r.nnz, 2048, replace=False)
+    users = torch.as_tensor(r.row[pick], dtype=torch.long)
+    pos = torch.as_tensor(r.col[pick], dtype=torch.long)
+    neg = torch.as_tensor(np.random.default_rng(1).integers(0, data.n_items, 2048))
+    torch.manual_seed(5)
+    terms = m.loss(users, pos, neg)
+    per_row = terms["hcl"].item() / m.cl_weight / len(users)   # user term + item term per row
+    log_n = math.log(data.n_users) + math.log(data.n_items)
+    assert abs(per_row - log_n) < 1.0, (per_row, log_n)
+    assert terms["hcl"].item() > 3 * terms["bpr"].item()
+    # a sum, not a mean: the same rows twice cost exactly twice (same noise draws)
+    torch.manual_seed(5)
+    twice = m.loss(torch.cat([users, users]), torch.cat([pos, pos]), torch.cat([neg, neg]))
+    torch.testing.assert_close(twice["hcl"], 2 * terms["hcl"])
+    torch.testing.assert_close(twice["bpr"], terms["bpr"])
+
+
+def test_parameter_count_matches_the_official_log():
+    """The official Baby log reports 33,584,320 trainable parameters, which counts the raw
+    4096- and 384-wide feature tables (7,050 rows each, frozen in use); without them the
+    model has (U + I)·d + Σ_m D_m·(d + A) = 2,000,320."""
+    U, I, widths = 19445, 7050, (4096, 384)
+    feats = {f"m{j}": np.zeros((I, w), np.float32) for j, w in enumerate(widths)}  # never touched
+    data = Dataset.from_arrays([0, U - 1], [0, I - 1], [0, 0], U, I, feats, name="baby-shaped")
+    m = LGMRec(data, embedding_dim=64, hyper_num=4)
+    n_params = sum(p.numel() for p in m.parameters())
+    assert n_params + I * sum(widths) == 33_584_320
+    small = LGMRec(tiny_data(), embedding_dim=4, hyper_num=2)
+    assert sum(p.numel() for p in small.parameters()) == 7 * 4 + 5 * (4 + 2) + 3 * (4 + 2)
 
 
 def test_determinism_under_a_seed():
@@ -285,7 +316,7 @@ def test_determinism_under_a_seed():
 
     def run():
         torch.manual_seed(11)
-        m = LGMRec(data, embedding_size=4, hyper_num=2)
+        m = LGMRec(data, embedding_dim=4, hyper_num=2)
         opt = torch.optim.Adam(m.parameters(), lr=0.01)
         losses = []
         for _ in range(3):
@@ -304,27 +335,17 @@ def test_determinism_under_a_seed():
 
 
 def test_modalities_from_data_any_number_and_clear_error_without():
-    m3 = LGMRec(tiny_data(3), embedding_size=4, hyper_num=2)
+    m3 = LGMRec(tiny_data(3), embedding_dim=4, hyper_num=2)
     assert m3._keys == ["image_feat", "text_feat", "audio_feat"]
     terms = m3.loss(torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([3, 3]))
     assert all(torch.isfinite(v) for v in terms.values()) and terms["hcl"] > 0
-    m1 = LGMRec(tiny_data(1), embedding_size=4, hyper_num=2)
+    m1 = LGMRec(tiny_data(1), embedding_dim=4, hyper_num=2)
     assert m1.loss(torch.tensor([0]), torch.tensor([0]), torch.tensor([3]))["hcl"].item() == 0.0
     empty = tiny_data(0)
     with pytest.raises(ValueError, match="needs item modality features"):
         LGMRec(empty)
     with pytest.raises(ValueError, match="two-modality"):
         LGMRec(tiny_data(3), legacy_user_hyperedges=True)
-
-
-def test_presets_follow_spec():
-    assert LGMRec.presets["sports"]["n_ui_layers"] == 4
-    assert LGMRec.presets["clothing"] == {"n_ui_layers": 2, "n_mm_layers": 2, "n_hyper_layer": 2,
-                                          "hyper_num": 64, "keep_rate": 0.2, "alpha": 0.2}
-    hp = LGMRec.hyperparameters()
-    assert (hp["cl_weight"], hp["reg_weight"], hp["tau"], hp["keep_rate"], hp["alpha"]) == \
-        (1e-4, 1e-6, 0.2, 0.5, 0.3)
-    assert hp["deterministic_inference"] is False and hp["legacy_user_hyperedges"] is False
 
 
 # ---------------------------------------------------------------------------- training

@@ -1,4 +1,4 @@
-"""Metrics (protocol §4.2) and full-ranking evaluation (protocol §4.1) against direct loops."""
+"""Metrics (MMRec src/utils/metrics.py) and full-ranking evaluation (src/common/trainer.py) against direct loops."""
 from __future__ import annotations
 
 import math
@@ -13,9 +13,9 @@ from mmrecsys.evaluation import evaluate, per_user_metrics, user_group_report
 from mmrecsys.models import Recommender
 
 
-# ------------------------------------------------------------------ direct reference (§4.2)
+# ------------------------------------------------------------------ direct reference
 def ref_metrics(ranked, relevant, n_u, k):
-    """Loop-based per-user metrics for one cutoff, straight from protocol §4.2."""
+    """Loop-based per-user metrics for one cutoff, straight from MMRec's definitions."""
     h = [1.0 if ranked[p] in relevant else 0.0 for p in range(k)]
     hits = sum(h)
     dcg = sum(h[p] / math.log2(p + 2) for p in range(k))

@@ -1,4 +1,4 @@
-"""REARM (spec/rearm.md): graphs, attention, meta-network, losses, forward, training."""
+"""REARM (MrShouxingMa/REARM): graphs, attention, meta-network, losses, forward, training."""
 import math
 
 import numpy as np
@@ -9,11 +9,11 @@ import torch
 from mmrecsys.data import Dataset
 from mmrecsys.graphs import GraphCache
 from mmrecsys.graphs.cooccurrence import (cooccurrence_topk, item_cooccurrence_graph,
-                                          mixed_homograph, rearm_homographs, similarity_graph,
-                                          user_cooccurrence_graph, user_interest_features)
+                                          similarity_graph, user_cooccurrence_graph,
+                                          user_interest_features, weighted_sum)
 from mmrecsys.models import rearm as rearm_mod
 from mmrecsys.models.rearm import (REARM, ScalarAttention, info_nce, meta_transform,
-                                   orthogonal_loss)
+                                   orthogonal_loss, rearm_homographs)
 
 E = math.e
 
@@ -157,7 +157,7 @@ def test_mixed_homographs_match_their_formula_and_cache(tmp_path):
     kw = dict(user_k=3, item_k=2, uu_co_weight=0.4, ii_co_weight=0.2, u_image_weight=0.3,
               i_image_weight=0.6, seed=7)
     cache = GraphCache(tmp_path)
-    g_u, g_i, _ = rearm_homographs(data, cache=cache, **kw)
+    g_u, g_i = rearm_homographs(data, cached=cache.get_or_build, **kw)
     assert cache.misses == 6 and cache.hits == 0
     v, t = data.features["image_feat"], data.features["text_feat"]
     cu = user_cooccurrence_graph(data.train, 3, seed=7).toarray()
@@ -172,17 +172,17 @@ def test_mixed_homographs_match_their_formula_and_cache(tmp_path):
     np.testing.assert_allclose(g_i.toarray().sum(1), 0.2 + 0.8 * mean_sim, rtol=1e-5)
     assert g_i.getnnz(axis=1).max() <= 3 * 2
     # second build: every component from the cache; another k is a different key
-    g_u2, _, _ = rearm_homographs(data, cache=cache, **kw)
+    g_u2, _ = rearm_homographs(data, cached=cache.get_or_build, **kw)
     assert cache.hits == 6 and (g_u2 != g_u).nnz == 0
-    rearm_homographs(data, cache=cache, **{**kw, "item_k": 3})
+    rearm_homographs(data, cached=cache.get_or_build, **{**kw, "item_k": 3})
     assert cache.misses == 6 + 3
     # weight 0 removes a graph (it is not even built)
     c2 = GraphCache(tmp_path / "c2")
-    g_u0, _, _ = rearm_homographs(data, cache=c2, **{**kw, "u_image_weight": 0.0})
+    g_u0, _ = rearm_homographs(data, cached=c2.get_or_build, **{**kw, "u_image_weight": 0.0})
     np.testing.assert_allclose(g_u0.toarray(), 0.4 * cu + 0.6 * sut, atol=1e-6)
     assert not list((tmp_path / "c2").glob("rearm-user-knn-image_feat-*"))
     with pytest.raises(ValueError):
-        mixed_homograph(None, [None], [0.0], 0.0)
+        weighted_sum([(0.0, None), (0.0, None)])
 
 
 # ----------------------------------------------------------------------------- attention
@@ -207,7 +207,7 @@ def test_attention_equals_multihead_attention_1x1():
     q, c = torch.randn(7, 8), torch.randn(7, 8)
     ref, _ = mha(q.unsqueeze(-1), c.unsqueeze(-1), c.unsqueeze(-1), need_weights=False)
     torch.testing.assert_close(att(q, c), ref.squeeze(-1), rtol=1e-5, atol=1e-6)
-    # initialisation (spec §3.2)
+    # initialisation (torch's MultiheadAttention(1, 1) defaults)
     a2 = ScalarAttention()
     assert a2.in_proj_weight.abs().max() <= math.sqrt(1.5) and (a2.in_proj_bias == 0).all()
     assert a2.out_weight.abs().max() <= 1 and a2.out_bias.item() == 0
@@ -335,7 +335,7 @@ def test_orthogonal_loss_by_hand():
 
 # ----------------------------------------------------------------------------- the model
 def _dense_reference(m, data):
-    """Literal dense forward of spec §3–§5 in eval mode (no chunking, dense graphs)."""
+    """Literal dense forward of the code's REARM.forward in eval mode (no chunking, dense graphs)."""
     d, U = m.embedding_dim, m.n_users
     nrm = torch.nn.functional.normalize
     gu = torch.tensor(user_cooccurrence_graph(data.train, m.user_knn_k, m.graph_seed).toarray())
@@ -372,10 +372,10 @@ def _dense_reference(m, data):
     e0 = torch.cat([eu, ei], 0)
     ahat = ahat.float()
     f, e, xf, xe = f0, e0, f0, e0
-    for _ in range(m.num_layer):
+    for _ in range(m.n_layers):
         xf, xe = ahat @ xf, ahat @ xe
         f, e = f + xf, e + xe
-    f, e = f / (m.num_layer + 1), e / (m.num_layer + 1)
+    f, e = f / (m.n_layers + 1), e / (m.n_layers + 1)
     s = []
     for part, comp, g1, g2 in ((slice(0, U), m.user_compress, m.user_gen1, m.user_gen2),
                                (slice(U, None), m.item_compress, m.item_gen1, m.item_gen2)):
@@ -394,7 +394,7 @@ def test_forward_matches_dense_reference():
     torch.manual_seed(0)
     data = _tiny_data()
     m = REARM(data, embedding_dim=8, rank=2, user_knn_k=3, item_knn_k=2, n_uu_layers=2,
-              n_ii_layers=1, num_layer=3, u_mm_image_weight=0.3, i_mm_image_weight=0.5)
+              n_ii_layers=1, n_layers=3, u_mm_image_weight=0.3, i_mm_image_weight=0.5)
     with torch.no_grad():
         for blk in list(m.self_att) + list(m.cross_att):
             blk.in_proj_bias.normal_()
@@ -411,7 +411,7 @@ def test_total_loss_terms():
     torch.manual_seed(0)
     data = _tiny_data()
     m = REARM(data, embedding_dim=8, rank=2, user_knn_k=3, item_knn_k=2, cl_loss_weight=0.5,
-              diff_loss_weight=0.25, cl_tmp=0.6).eval()
+              diff_loss_weight=0.25, temperature=0.6).eval()
     users, pos, neg = torch.tensor([0, 1, 1, 3]), torch.tensor([0, 2, 2, 1]), torch.tensor([5, 5, 3, 4])
     terms = m.loss(users, pos, neg)
     assert set(terms) == {"bpr", "cl", "diff"}
@@ -435,18 +435,12 @@ def test_total_loss_terms():
     assert m.item_raw[0].grad.abs().sum() > 0 and m.user_raw[1].grad.abs().sum() > 0
 
 
-def test_single_modality_and_config():
+def test_single_modality():
     data = _tiny_data()
     data.features.pop("text_feat")
     m = REARM(data, embedding_dim=8, user_knn_k=3, item_knn_k=2)
     terms = m.loss(torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([4, 5]))
     assert set(terms) == {"bpr"} and m.representations()[1].shape == (6, 16)
-    assert REARM.train_defaults["optimizer"] == "adamw" and REARM.train_defaults["lr"] == 5e-5
-    assert REARM.train_defaults["neg_exclude_heldout"] is False
-    assert REARM.presets["baby"]["diff_loss_weight"] == 5e-5
-    assert REARM.presets["sports"]["weight_decay"] == 0.05
-    hp = REARM.hyperparameters()
-    assert hp["user_knn_k"] == 40 and hp["diff_loss_weight"] == 1e-4 and hp["rank"] == 3
 
 
 def test_training_improves_validation_recall():
@@ -457,5 +451,7 @@ def test_training_improves_validation_recall():
     seed_everything(2025)                                   # the same initialisation as fit's
     before = evaluate(REARM(data).eval(), data, "valid", topk=(20,)).metrics["recall@20"]
     res = fit(data, "rearm", {"epochs": 2, "lr": 1e-3, "cache_dir": ""}, log=None)
-    # untrained ≈ 0.203 (features and homographs already carry signal); trained ≈ 0.313
-    assert res["valid"]["recall@20"] > before + 0.01
+    # untrained 0.203 (features and homographs already carry signal), trained 0.313 after two
+    # epochs: demand at least half of that gain, 25% over the untrained model
+    assert res["valid"]["recall@20"] > before + 0.05
+    assert res["valid"]["recall@20"] > 1.25 * before

@@ -1,4 +1,4 @@
-"""Negative sampling and batch samplers (protocol §3.3 and MMHCL's user sampler)."""
+"""Negative sampling and batch samplers (MMRec's TrainDataLoader and MMHCL's user sampler)."""
 from __future__ import annotations
 
 import numpy as np

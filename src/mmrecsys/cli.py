@@ -262,8 +262,8 @@ def serve(run_dir, data, host, port, device, access_log):
 @main.command()
 @click.argument("name", required=False)
 def models(name):
-    """List models, or show one model's configuration keys and defaults."""
-    from .config import TRAIN_DEFAULTS
+    """List models, or show one model's configuration keys, defaults and meanings."""
+    from .config import TRAIN_DEFAULTS, TRAIN_HELP
     from .models import available_models, get_model_class
     if not name:
         for m in available_models():
@@ -278,12 +278,13 @@ def models(name):
     except KeyError as e:
         _fail(e.args[0])
     click.echo(f"# {cls.name}: hyperparameters")
+    meaning = cls.describe_hyperparameters()
     for k, v in cls.hyperparameters().items():
-        click.echo(f"{k}: {v!r}")
+        click.echo(f"{k}: {v!r}" + (f"  # {meaning[k]}" if meaning.get(k) else ""))
     click.echo("# trainer settings (model defaults marked *)")
     for k, v in TRAIN_DEFAULTS.items():
         mark = "*" if k in cls.train_defaults else " "
-        click.echo(f"{k}: {cls.train_defaults.get(k, v)!r} {mark}")
+        click.echo(f"{k}: {cls.train_defaults.get(k, v)!r} {mark}  # {TRAIN_HELP.get(k, '')}")
     if cls.presets:
         click.echo(f"# presets: {', '.join(cls.presets)}")
     if cls.notes:

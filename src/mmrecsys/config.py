@@ -17,7 +17,7 @@ import yaml
 
 from .errors import ConfigError
 
-#: the shared trainer's settings and their defaults (protocol §3.2, MMRec overall.yaml)
+#: the shared trainer's settings and their defaults (``enoche/MMRec`` ``src/configs/overall.yaml``)
 TRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 1000,
     "batch_size": 2048,
@@ -42,6 +42,33 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "checkpoint_every": 1,         # epochs between resume checkpoints
     "modalities": [],              # feature files to use, in order ([] = every *_feat.npy, by name)
     "keep_users_without_train": False,  # evaluate held-out users with no training row (MMHCL)
+}
+
+#: one-line meaning of each trainer key (``mmrecsys models NAME`` prints them)
+TRAIN_HELP: dict[str, str] = {
+    "epochs": "maximum number of training epochs",
+    "batch_size": "training triples (or users, for the users sampler) per step",
+    "lr": "learning rate of the optimiser",
+    "weight_decay": "optimiser weight decay (AdamW: decoupled)",
+    "optimizer": "adam or adamw",
+    "lr_scheduler": "[a, b]: the learning rate at epoch e is lr * a ** (e / b)",
+    "eval_step": "evaluate on validation every N epochs",
+    "patience": "stop after more than N consecutive evaluations without improvement",
+    "seed": "seed of initialisation, sampling and inference noise",
+    "sampler": "interactions (one triple per training row, MMRec) or users (MMHCL)",
+    "negatives_from": "draw negatives from train_items (MMRec) or all_items",
+    "neg_exclude_heldout": "compatibility: negatives avoid valid/test items (a leak; off)",
+    "valid_metrics": "an evaluation improves when any of these beats its running best",
+    "valid_round": "decimals the valid metrics are rounded to before comparing (null: raw)",
+    "topk": "list lengths K of the reported metrics",
+    "eval_batch_size": "users ranked per block in evaluation",
+    "mask_valid_at_test": "also mask validation items when ranking for test",
+    "extra_metrics": "additional metrics, e.g. [ndcg_mmhcl] (MMHCL's own NDCG)",
+    "preset": "auto (by dataset name), none, or a preset name",
+    "cache_dir": "graph cache folder ('' = $MMRECSYS_CACHE or ~/.cache/mmrecsys)",
+    "checkpoint_every": "epochs between resume checkpoints (last.pt)",
+    "modalities": "feature files to use, in order ([] = every *_feat.npy, sorted by name)",
+    "keep_users_without_train": "evaluate held-out users with no training row (as MMHCL)",
 }
 
 #: keys whose value may be null (YAML ``null`` / ``--set key=null``)
@@ -129,23 +156,41 @@ def _a(default) -> str:
     return f"a {type(default).__name__}"
 
 
+def canonical_keys(model_cls, cfg: dict) -> dict[str, Any]:
+    """``cfg`` with every alias of a hyperparameter (``model_cls.aliases``, e.g. ``embed_size``)
+    renamed to its canonical key (``embedding_dim``). An alias and its key both given must agree."""
+    aliases = getattr(model_cls, "aliases", {})
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        key = aliases.get(k, k)
+        if key in out and out[key] != v:
+            names = " and ".join(f"{n}={cfg[n]!r}" for n in cfg if aliases.get(n, n) == key)
+            raise ConfigError(f"{names} name the same key of {model_cls.name}, {key}, with different "
+                              f"values; give one")
+        out[key] = v
+    return out
+
+
 def resolve_config(model_cls, dataset_name: str, file_cfg: dict | None = None,
                    overrides: dict | None = None, n_items: int | None = None) -> dict[str, Any]:
     """The fully resolved flat configuration for ``model_cls`` on ``dataset_name``.
 
     ``n_items`` (the dataset's) lets :func:`validate_config` check ``topk`` against it. A
     ``versions`` entry (what a run's config.yaml records) is ignored.
+    Keys are canonical: an alias of a hyperparameter (``model_cls.aliases``) given in the file,
+    the overrides or a preset is renamed to its key, so ``embed_size=32`` and
+    ``embedding_dim=32`` configure MMHCL alike (an override beats the file either way).
     """
     defaults: dict[str, Any] = dict(TRAIN_DEFAULTS)
     defaults.update(model_cls.train_defaults)
     hp = model_cls.hyperparameters()
-    clash = set(hp) & set(TRAIN_DEFAULTS)
+    clash = (set(hp) | set(getattr(model_cls, "aliases", {}))) & set(TRAIN_DEFAULTS)
     if clash:
         raise ConfigError(f"{model_cls.__name__} hyperparameters clash with trainer keys: {clash}")
     defaults.update(hp)
     known = set(defaults) | {"model", "data"}
-    user = dict(file_cfg or {})
-    user.update(overrides or {})
+    user = canonical_keys(model_cls, file_cfg or {})
+    user.update(canonical_keys(model_cls, overrides or {}))
     user.pop("versions", None)  # recorded in config.yaml for information only
     for k in user:
         if k not in known:
@@ -167,7 +212,7 @@ def resolve_config(model_cls, dataset_name: str, file_cfg: dict | None = None,
             raise ConfigError(f"preset {preset_name!r} unknown for {model_cls.name}; available: "
                               f"{', '.join(model_cls.presets) or 'none'}")
         cfg["preset"], preset = presets[str(preset_name).lower()]
-    for layer in (preset, {k: v for k, v in user.items() if k != "preset"}):
+    for layer in (canonical_keys(model_cls, preset), {k: v for k, v in user.items() if k != "preset"}):
         for k, v in layer.items():
             if k in ("model", "data"):
                 cfg[k] = v
@@ -301,6 +346,9 @@ def run_config(model: str | None, data, file_cfg: dict | None = None,
 
 
 def model_kwargs(model_cls, cfg: dict) -> dict[str, Any]:
+    """The constructor keywords of ``model_cls`` from a configuration (aliases accepted, so a
+    ``config.yaml`` written before a key was renamed still loads)."""
+    cfg = canonical_keys(model_cls, cfg)
     return {k: cfg[k] for k in model_cls.hyperparameters()}
 
 

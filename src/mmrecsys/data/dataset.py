@@ -33,7 +33,7 @@ class Dataset:
 
     Attributes:
         name: dataset name (the stem of the ``.inter`` file).
-        n_users, n_items: id ranges (max id + 1 over all splits, protocol §1.1).
+        n_users, n_items: id ranges (max id + 1 over all splits, as MMRec's ``RecDataset``).
         train, valid, test: ``scipy.sparse.csr_matrix`` (n_users, n_items), binary float32.
         features: modality name -> float32 array (n_items, width), insertion-ordered.
         path: the directory it was loaded from (None for in-memory data).
@@ -55,6 +55,12 @@ class Dataset:
     #: loading leaves out of ``valid``/``test`` (MMRec); :meth:`with_users_without_train` puts
     #: them back (MMHCL evaluates them)
     heldout_of_users_without_train: tuple | None = field(default=None, repr=False)
+    #: synthetic data only: each item's latent cluster (``mmrecsys.data.synthetic``)
+    item_clusters: np.ndarray | None = field(default=None, repr=False)
+    #: synthetic data only: the generating factors, for oracle scores in tests
+    synthetic_truth: dict | None = field(default=None, repr=False)
+    #: after ``mmrecsys.data.cold.cold_split``: counts of the split (items, rows moved)
+    cold_split_report: dict | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ builders
     @classmethod
@@ -303,7 +309,7 @@ def stack_splits(read, directory: pathlib.Path, files) -> tuple[np.ndarray, np.n
 def clean_interactions(users, items, labels, source="interactions", *, return_dropped=False):
     """Drop duplicate (user, item) pairs and held-out rows of users with no training row.
 
-    Both are warned about (protocol §1.1: ``filter_out_cod_start_users``). A duplicate keeps its
+    Both are warned about (MMRec's ``filter_out_cod_start_users`` option). A duplicate keeps its
     first occurrence in file order. ``return_dropped`` also returns the (users, items, labels)
     of the held-out rows dropped for want of training rows.
     """

@@ -1,4 +1,5 @@
-"""Convert a dataset in MMHCL's own layout (spec §1) into the standard format.
+"""Convert a dataset in MMHCL's own layout (read by ``codes/utility/load_data.py``) into the
+standard format.
 
 MMHCL's layout (``Xu107/MMHCL``)::
 
@@ -93,7 +94,7 @@ def import_mmhcl(src_dir, out_dir, name: str | None = None) -> pathlib.Path:
     ``n_items`` is 1 + the largest item id of any split (as MMHCL); ``name`` defaults to the
     output folder's name. Returns the path of the written ``.inter`` file. Users with held-out
     items but no training item are written as they are (MMHCL evaluates them; the standard
-    loader drops them with a warning, protocol §1.1).
+    loader drops them with a warning, as MMRec's ``filter_out_cod_start_users``).
     """
     src = pathlib.Path(src_dir)
     if not src.is_dir():

@@ -1,4 +1,5 @@
-"""Convert a dataset in REARM's own layout (spec/rearm.md §1.1) into the standard format.
+"""Convert a dataset in REARM's own layout (read by ``utils/data_loader.py``) into the standard
+format.
 
 REARM's layout (``MrShouxingMa/REARM``, ``data/<dataset>/``)::
 
@@ -90,6 +91,6 @@ def import_rearm(src_dir, out_dir, name: str | None = None) -> pathlib.Path:
     has_train[users[labels == TRAIN]] = True
     if not has_train.all():
         warnings.warn(f"{src}: {int((~has_train).sum())} user ids have no training pair; the "
-                      f"standard loader drops their held-out rows (protocol §1.1).", stacklevel=2)
+                      f"standard loader drops their held-out rows, as MMRec does.", stacklevel=2)
     out = pathlib.Path(out_dir)
     return write_dataset(out, users, items, labels, feats, name=name or out.name)

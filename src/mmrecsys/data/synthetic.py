@@ -33,7 +33,8 @@ Generative story (all draws from one ``numpy`` generator seeded by ``seed``):
 
 Split (labels 0 train, 1 validation, 2 test):
 
-* old-item rows follow MMRec's per-user rule (protocol §2) on the user's old-item rows alone,
+* old-item rows follow MMRec's per-user rule (``enoche/MMRec`` ``preprocessing/1splitting.ipynb``)
+  on the user's old-item rows alone,
   in random order: n < 10 gives n−2 / 1 / 1, otherwise m = ⌊0.2 n⌋, v = ⌊m/2⌋ go to validation
   and m − v to test (n = n_u ≥ 5, so every user keeps ≥ 3 training rows);
 * new-item rows are split per item: item i keeps c_i ~ Uniform{0, 1, 2} of its rows (random
@@ -139,7 +140,8 @@ def make_synthetic(n_users: int = 2000, n_items: int = 1000, seed: int = 0, *,
 
 
 def _mmrec_split_labels(users: np.ndarray, n_users: int) -> np.ndarray:
-    """Per-user split of protocol §2 (``users`` sorted; each user's rows in random order)."""
+    """MMRec's per-user split (``preprocessing/1splitting.ipynb``; ``users`` sorted, each user's
+    rows in random order)."""
     counts = np.bincount(users, minlength=n_users)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     pos = np.arange(len(users)) - starts[users]  # position of the row within its user

@@ -1,4 +1,5 @@
-"""Ranking metrics of protocol §4.2, vectorised over users.
+"""Ranking metrics of MMRec (``enoche/MMRec`` ``src/utils/metrics.py``: recall, NDCG, precision,
+MAP at k), vectorised over users.
 
 Inputs for a block of B users: ``hits`` (B, K_max) — 1 where rank p holds a held-out item —
 and ``n_pos`` (B,) — the number of held-out items of the user (n_u). All metrics are per user;

@@ -1,6 +1,7 @@
-"""MMHCL's own NDCG (spec §6), offered as the extra metric ``ndcg_mmhcl@k``.
+"""MMHCL's own NDCG, offered as the extra metric ``ndcg_mmhcl@k``.
 
-The reference code (LATTICE's ``metrics.ndcg_at_k``) divides the DCG of the ranked list by the
+The reference code (``Xu107/MMHCL`` ``codes/utility/metrics.py`` ``ndcg_at_k``, copied from
+``CRIPAC-DIG/LATTICE``; called by ``codes/utility/batch_test.py`` ``get_performance``) divides the DCG of the ranked list by the
 DCG of the *retrieved* list re-sorted, not by the ideal DCG over the held-out items:
 
     DCG@k  = Σ_{p≤k} r_p / log2(p+1)

@@ -1,10 +1,12 @@
-"""Full-ranking evaluation (protocol §4.1), chunked over users, with no per-user Python loop.
+"""Full-ranking evaluation, chunked over users, with no per-user Python loop (MMRec's
+``enoche/MMRec`` ``src/common/trainer.py`` ``evaluate`` and ``src/utils/topk_evaluator.py``).
 
 For each block of users: scores against all items (B, n_items) → masked items set to −∞ →
 ``torch.topk`` → hits gathered from a dense (B, n_items) boolean block of the held-out items →
 metrics. Peak memory is a few (B, n_items) blocks, whatever the number of users.
 
-Masking (protocol §4.1): the user's *training* items are always masked. With
+Masking (MMRec sets their scores to −1e10 in ``Trainer.evaluate``): the user's *training*
+items are always masked. With
 ``mask_valid_at_test`` the validation items are masked too when the test split is evaluated (off
 by default, as MMRec).
 

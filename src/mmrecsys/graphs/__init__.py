@@ -1,6 +1,9 @@
-"""Sparse graph construction shared by the models: bipartite adjacency, kNN, caching."""
-from .adjacency import SparseGraph, bipartite_adjacency, row_normalize, sym_normalize, to_torch_sparse
-from .knn import knn_graph
+"""Sparse graphs shared by the models: adjacency and normalisation, kNN, hypergraphs, caching."""
+from .adjacency import (SparseGraph, binarize, bipartite_adjacency, inv_power, normalized_adjacency,
+                        row_normalize, sym_normalize, to_torch_sparse)
 from .cache import GraphCache
+from .knn import knn_graph, knn_to_csr
 
-__all__ = ["SparseGraph", "row_normalize", "bipartite_adjacency", "sym_normalize", "to_torch_sparse", "knn_graph", "GraphCache"]
+__all__ = ["SparseGraph", "binarize", "bipartite_adjacency", "inv_power", "normalized_adjacency",
+           "row_normalize", "sym_normalize", "to_torch_sparse", "knn_graph", "knn_to_csr",
+           "GraphCache"]

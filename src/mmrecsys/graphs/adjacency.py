@@ -1,4 +1,14 @@
-"""User–item bipartite adjacency and its normalisations (protocol §5.0)."""
+"""Sparse matrices shared by every model: binarising, zero-safe inverses, the user–item
+bipartite adjacency and its normalisations, and :class:`SparseGraph`, the fixed operator every
+model propagates with.
+
+One implementation of each, as PyG's ``gcn_norm`` serves all of its convolutions: LightGCN's
+normalised adjacency (He et al., "LightGCN: Simplifying and Powering Graph Convolution Network
+for Recommendation", SIGIR 2020, Eq. 7 in matrix form) is ``sym_normalize(bipartite_adjacency(R))``
+for BPR-style models, LightGCN, LGMRec and REARM (MMRec's ``get_norm_adj_mat``, degrees + 1e-7,
+``enoche/MMRec`` ``src/models/lightgcn.py``), and with ``eps=0`` for MMHCL (``Xu107/MMHCL``
+``codes/utility/load_data.py``, ``get_UI_mat``: isolated nodes get zero rows).
+"""
 from __future__ import annotations
 
 import warnings
@@ -8,31 +18,66 @@ import scipy.sparse as sp
 import torch
 
 
-def bipartite_adjacency(train: sp.csr_matrix) -> sp.csr_matrix:
+def binarize(m: sp.spmatrix) -> sp.csr_matrix:
+    """A float32 CSR copy of ``m`` with every stored nonzero set to 1 (explicit zeros dropped,
+    indices sorted). Never modifies ``m``."""
+    out = sp.csr_matrix(m, dtype=np.float32, copy=True)
+    out.eliminate_zeros()
+    out.data[:] = 1.0
+    out.sort_indices()
+    return out
+
+
+def inv_power(x, power: float = 1.0, eps: float = 0.0) -> np.ndarray:
+    """(x + eps)^(−power) elementwise, with 0 where x + eps ≤ 0 (the reference codes' inf → 0).
+
+    Computed in the floating dtype of ``x`` (integers become float32): float32 and float64
+    powers differ in the last bit, and each caller keeps the precision of the code it follows.
+    ``power=1`` is a true division.
+    """
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float32)
+    if eps:
+        x = x + x.dtype.type(eps)
+    out = np.zeros_like(x)
+    pos = x > 0
+    out[pos] = 1.0 / x[pos] if power == 1 else x[pos] ** -power
+    return out
+
+
+def bipartite_adjacency(train: sp.spmatrix) -> sp.csr_matrix:
     """A = [[0, R], [Rᵀ, 0]], binary, no self-loops; shape (n_users + n_items)²."""
-    r = train.tocsr().astype(np.float32)
-    r.data[:] = 1.0
+    r = binarize(train)
     return sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float32)
 
 
 def sym_normalize(adj: sp.spmatrix, eps: float = 1e-7, add_self_loops: bool = False) -> sp.csr_matrix:
-    """D^{-1/2} A D^{-1/2} with D_vv = rowsum(A)_v + eps (MMRec's LightGCN normalisation)."""
+    """D^{-1/2} A D^{-1/2} with D_vv = rowsum(A)_v + eps, float32.
+
+    ``eps=1e-7`` is MMRec's LightGCN normalisation (isolated nodes stay finite); ``eps=0``
+    gives isolated nodes (degree 0) all-zero rows and columns (0^{-1/2} = 0, as MMHCL).
+    """
     a = adj.tocsr().astype(np.float32)
     if add_self_loops:
         a = a + sp.identity(a.shape[0], dtype=np.float32, format="csr")
-    deg = np.asarray(a.sum(axis=1)).ravel() + eps
-    d = sp.diags(np.power(deg, -0.5).astype(np.float32))
+    deg = np.asarray(a.sum(axis=1)).ravel()
+    d = sp.diags(inv_power(deg, 0.5, eps).astype(np.float32))
     out = (d @ a @ d).tocsr()
     out.sort_indices()
     return out
 
 
+def normalized_adjacency(train: sp.spmatrix, eps: float = 1e-7) -> sp.csr_matrix:
+    """LightGCN's Â = D^{-1/2} [[0, R], [Rᵀ, 0]] D^{-1/2} of a (n_users, n_items) matrix R."""
+    return sym_normalize(bipartite_adjacency(train), eps=eps)
+
+
 def row_normalize(adj: sp.spmatrix, eps: float = 0.0) -> sp.csr_matrix:
     """D^{-1} A (rows with zero sum stay zero)."""
     a = adj.tocsr().astype(np.float32)
-    deg = np.asarray(a.sum(axis=1)).ravel() + eps
-    inv = np.divide(1.0, deg, out=np.zeros_like(deg), where=deg > 0)
-    return (sp.diags(inv.astype(np.float32)) @ a).tocsr()
+    deg = np.asarray(a.sum(axis=1)).ravel()
+    return (sp.diags(inv_power(deg, 1.0, eps)) @ a).tocsr()
 
 
 def to_torch_sparse(m: sp.spmatrix, device=None) -> torch.Tensor:
@@ -73,6 +118,11 @@ class SparseGraph(torch.nn.Module):
     ``graph(x)`` computes A x, differentiable in x; moves with ``.to(device)``; not saved in
     state dicts (it is rebuilt from the data). CSR products are several times faster than
     ``torch.sparse.mm`` on COO tensors on CPU.
+
+    Args:
+        m: the operator, any scipy sparse matrix (stored as float32 CSR).
+        symmetric: whether A = Aᵀ, so the backward pass reuses A instead of storing Aᵀ;
+            ``None`` checks it. (default: ``None``)
     """
 
     def __init__(self, m: sp.spmatrix, symmetric: bool | None = None):

@@ -90,7 +90,10 @@ def default_cache_dir() -> pathlib.Path:
 class GraphCache:
     """``cache.get_or_build(name, key, build)``: load ``name`` for ``key`` or build and store it.
 
-    ``root=None`` disables caching (everything is built in memory).
+    Args:
+        root: the folder of the cache files; ``None`` disables caching (everything is built
+            in memory). (default: ``None``)
+        enabled: ``False`` also disables it. (default: ``True``)
     """
 
     def __init__(self, root=None, enabled: bool = True):

@@ -1,4 +1,10 @@
-"""Hypergraph operators built sparse and in bounded memory (MMHCL spec §2.2–2.3, §9.2).
+"""Hypergraph operators built sparse and in bounded memory (MMHCL's u2u and i2i hypergraphs).
+
+Xu et al., "MMHCL: Multi-Modal Hypergraph Contrastive Learning for Recommendation", ACM TOMM
+2025 (arXiv:2504.16576), Sec. 3 (hypergraph construction); official code ``Xu107/MMHCL``
+``codes/utility/load_data.py`` (``get_U2U_mat``, ``get_I2I_Hypergrah_mat``,
+``get_I2I_Hypergraph_mul_mat``, ``build_sim``, ``build_knn_normalized_graph``), which builds both
+operators as dense matrices.
 
 Two node-to-node operators of MMHCL, both of the form "incidence times its transpose, then a
 degree normalisation", are kept in *factored* form: the incidence matrix ``H`` (nodes ×
@@ -15,8 +21,8 @@ i2i (items are nodes, a hyperedge is a (modality m, anchor item j) pair):
     H = [Ĩ_1 | … | Ĩ_M]  (n_i × M·n_i),   P = H Hᵀ (diagonal kept),   D_P = H (Hᵀ 1)
     G_ii h = D_P^{-1/2} H (Hᵀ (D_P^{-1/2} h))                       (symmetric, inf → 0)
 
-The top-K search runs in row chunks (a (chunk, n_i) block of similarities at a time), so peak
-extra memory is chunk × n_i floats. ``*_matrix`` functions materialise the operators as scipy
+The top-K search (:func:`mmrecsys.graphs.knn.knn_graph`) computes one (chunk, chunk) tile of
+similarities at a time, so peak extra memory is chunk² floats. ``*_matrix`` functions materialise the operators as scipy
 sparse matrices for tests and for other models that want them.
 """
 from __future__ import annotations
@@ -27,22 +33,13 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .adjacency import SparseGraph
+from .adjacency import SparseGraph, binarize, inv_power
 from .knn import knn_graph
 
 HYPERGRAPH_VERSION = 1
 
 
 # ---------------------------------------------------------------------------- incidence
-def binary_csr(m: sp.spmatrix) -> sp.csr_matrix:
-    """A copy of ``m`` as float32 CSR with every stored nonzero set to 1."""
-    out = sp.csr_matrix(m, dtype=np.float32, copy=True)
-    out.eliminate_zeros()
-    out.data[:] = 1.0
-    out.sort_indices()
-    return out
-
-
 def knn_incidence(features, k: int, *, chunk_size: int = 2048, positive_only: bool = True,
                   device=None) -> sp.csr_matrix:
     """Binary top-K cosine neighbourhood Ĩ (n × n) of the rows of ``features``.
@@ -50,9 +47,9 @@ def knn_incidence(features, k: int, *, chunk_size: int = 2048, positive_only: bo
     Row i marks the K items with the largest cosine similarity to i over the whole row, the
     diagonal included (so i is normally its own neighbour; exact duplicates can tie with it,
     and ``torch.topk`` decides the tie). With ``positive_only`` entries with similarity ≤ 0 are
-    dropped (spec §2.3: the reimplementation keeps only positive top-K entries). All-zero
+    dropped (the code's ``adj[adj > 0] = 1`` after its top-K scatter). All-zero
     feature rows have similarity 0 to everything (eps-guarded normalisation) and get no
-    neighbour at all. Memory: one (chunk_size, n) block of similarities at a time.
+    neighbour at all. Memory: one (chunk_size, chunk_size) tile of similarities at a time.
     """
     idx, val = knn_graph(features, k, chunk_size=chunk_size, metric="cosine",
                          exclude_self=False, device=device)
@@ -81,15 +78,6 @@ def multimodal_knn_incidence(features: list, k: int, *, chunk_size: int = 2048,
 
 
 # ---------------------------------------------------------------------------- operators
-def _inv(x: np.ndarray, power: float = 1.0) -> np.ndarray:
-    """x^(-power) with 0 → 0 (the reference code's inf → 0)."""
-    x = np.asarray(x, dtype=np.float64)
-    out = np.zeros_like(x)
-    pos = x > 0
-    out[pos] = x[pos] ** (-power)
-    return out.astype(np.float32)
-
-
 @dataclass
 class FactoredHypergraph:
     """``G x = left ⊙ (H (Hᵀ (right ⊙ x)) − self_weight ⊙ (right ⊙ x))`` (vectors per row).
@@ -129,29 +117,30 @@ class FactoredHypergraph:
 
 
 def u2u_hypergraph(train: sp.spmatrix) -> FactoredHypergraph:
-    """u2u operator G_uu = D_C⁻¹ (R Rᵀ − diag) in factored form (spec §2.2).
+    """u2u operator G_uu = D_C⁻¹ (R Rᵀ − diag) in factored form (``get_U2U_mat``, norm 'rw').
 
     (D_C)_u = Σ_{i∈N(u)} deg(i) − |N(u)| is the row sum of C with its diagonal removed; a user
     sharing no item with anyone gets an all-zero row.
     """
-    r = binary_csr(train)
+    r = binarize(train)
     user_deg = np.asarray(r.sum(axis=1)).ravel()
     item_deg = np.asarray(r.sum(axis=0)).ravel()
     rowsum = r @ item_deg - user_deg
-    return FactoredHypergraph(r, left=_inv(rowsum), right=None,
+    return FactoredHypergraph(r, left=inv_power(rowsum), right=None,
                               self_weight=user_deg.astype(np.float32))
 
 
 def i2i_hypergraph(incidence: sp.spmatrix) -> FactoredHypergraph:
-    """i2i operator G_ii = D_P^{-1/2} H Hᵀ D_P^{-1/2} with D_P = H (Hᵀ 1) (spec §2.3, step 4–5)."""
-    h = binary_csr(incidence)
+    """i2i operator G_ii = D_P^{-1/2} H Hᵀ D_P^{-1/2} with D_P = H (Hᵀ 1) (norm 'sym' of
+    ``get_I2I_Hypergraph_mul_mat``; the inverse square root computed in float64)."""
+    h = binarize(incidence)
     d_p = h @ np.asarray(h.sum(axis=0)).ravel()
-    dinv = _inv(d_p, 0.5)
+    dinv = inv_power(d_p.astype(np.float64), 0.5).astype(np.float32)
     return FactoredHypergraph(h, left=dinv, right=dinv, self_weight=None)
 
 
 def u2u_matrix(train: sp.spmatrix) -> sp.csr_matrix:
-    """G_uu as a sparse (n_u × n_u) matrix (nnz as in spec §2.2; use the factored form to train)."""
+    """G_uu as a sparse (n_u × n_u) matrix (for tests; use the factored form to train)."""
     return u2u_hypergraph(train).matrix()
 
 
@@ -162,9 +151,13 @@ def i2i_matrix(features: list, k: int, chunk_size: int = 2048) -> sp.csr_matrix:
 
 # ---------------------------------------------------------------------------- torch side
 class TorchHypergraph(torch.nn.Module):
-    """A :class:`FactoredHypergraph` as torch buffers; ``self(x)`` applies it, ``power(x, L)``
-    applies it L times. Buffers are non-persistent so ``.to(device)`` moves them and state
-    dicts stay small."""
+    """A :class:`FactoredHypergraph` as torch buffers; ``self(x)`` applies it (its powers:
+    :func:`mmrecsys.models.layers.power`). Buffers are non-persistent so ``.to(device)`` moves
+    them and state dicts stay small.
+
+    Args:
+        g: the operator in factored form. No default.
+    """
 
     def __init__(self, g: FactoredHypergraph):
         super().__init__()
@@ -186,8 +179,3 @@ class TorchHypergraph(torch.nn.Module):
         if self.has_self:
             z = z - self.self_weight * y
         return self.left * z
-
-    def power(self, x: torch.Tensor, n_layers: int) -> torch.Tensor:
-        for _ in range(n_layers):
-            x = self(x)
-        return x

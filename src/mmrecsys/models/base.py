@@ -2,8 +2,17 @@
 
 A model is a ``torch.nn.Module`` built from a :class:`~mmrecsys.data.Dataset` (in memory: it
 never reads files) and an optional :class:`~mmrecsys.graphs.GraphCache`. Its hyperparameters
-are the keyword arguments of its constructor, with the spec's defaults; the configuration
-system reads them from the signature, so a constructor argument *is* a config key.
+are the keyword arguments of its constructor, with the official code's defaults; the
+configuration system reads them from the signature, so a constructor argument *is* a config
+key. The class docstring documents each one in an ``Args:`` section, one entry per key ending
+with its default, ``(default: ``64``)``, which :meth:`Recommender.describe_hyperparameters`
+reads for ``mmrecsys models NAME``.
+
+Shared names: ``embedding_dim`` (width of the ID embeddings), ``n_layers`` (propagation layers
+on the user–item graph), ``temperature`` (of the contrastive loss). The official codes' own
+names are accepted as :attr:`Recommender.aliases`.
+
+Fixed graphs are built through :meth:`Recommender.cached_graph`, which owns the on-disk cache.
 
 The trainer calls:
   * ``pre_epoch(epoch)`` once before each training epoch (edge sampling and the like);
@@ -16,7 +25,9 @@ The trainer calls:
 from __future__ import annotations
 
 import inspect
-from typing import Any, ClassVar
+import re
+import time
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -26,6 +37,7 @@ from ..errors import UnknownModelError
 from ..graphs import GraphCache
 
 MODELS: dict[str, type["Recommender"]] = {}
+_NO_CACHE = GraphCache(None)
 #: built-in models: registry name -> module of this package (imported on first use)
 BUILTIN = {"bpr": "bpr", "lightgcn": "lightgcn", "lgmrec": "lgmrec", "mmhcl": "mmhcl",
            "rearm": "rearm"}
@@ -36,8 +48,13 @@ class Recommender(nn.Module):
     name: ClassVar[str] = ""
     #: trainer settings this model brings as its own defaults (lr, batch_size, sampler, ...)
     train_defaults: ClassVar[dict[str, Any]] = {}
-    #: dataset name -> overrides of hyperparameters and trainer settings (spec presets)
+    #: dataset name -> overrides of hyperparameters and trainer settings (the tuned settings
+    #: the model's authors published), in canonical key names
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: other accepted names of hyperparameters -> the canonical name (the official codes'
+    #: spellings and earlier names), e.g. ``{"embed_size": "embedding_dim"}``; resolved by
+    #: :func:`mmrecsys.config.resolve_config` and :func:`mmrecsys.config.model_kwargs`
+    aliases: ClassVar[dict[str, str]] = {}
     #: a model that needs at least one modality feature matrix
     requires_features: ClassVar[bool] = False
     #: behaviour a user should know of, printed by ``mmrecsys models NAME``
@@ -57,6 +74,22 @@ class Recommender(nn.Module):
                 f"item id) beside {data.name}.inter, or generate proxy features.")
         self.n_users = data.n_users
         self.n_items = data.n_items
+        #: seconds spent getting each precomputed graph (built, or loaded from the graph cache)
+        self.graph_seconds: dict[str, float] = {}
+
+    # -- precomputed graphs ------------------------------------------------------
+    def cached_graph(self, cache: GraphCache | None, name: str, key: dict, build: Callable[[], Any]):
+        """``build()``, or its result stored in ``cache`` under ``name`` and ``key``.
+
+        The one place a model's fixed graphs meet the on-disk cache (``cache=None``: always
+        built). ``key`` must hold everything the result depends on: the dataset fingerprint,
+        the hyperparameters used and a builder version. The time taken is recorded in
+        :attr:`graph_seconds` under ``name``.
+        """
+        t0 = time.perf_counter()
+        out = (cache if cache is not None else _NO_CACHE).get_or_build(name, key, build)
+        self.graph_seconds[name] = time.perf_counter() - t0
+        return out
 
     # -- hyperparameters -------------------------------------------------------
     @classmethod
@@ -70,6 +103,43 @@ class Recommender(nn.Module):
             if p.default is inspect.Parameter.empty:
                 raise TypeError(f"{cls.__name__}.{p.name} needs a default value")
             out[p.name] = p.default
+        return out
+
+    @classmethod
+    def describe_hyperparameters(cls) -> dict[str, str]:
+        """{key: one-line meaning} of every hyperparameter, from the ``Args:`` section of the
+        class docstring (entries ``name: text`` or ``name (type): text``, continuation lines
+        indented deeper), in the order of the constructor. Other accepted names (aliases) not
+        named in the entry are appended; a key without an entry maps to ``""``."""
+        entries: dict[str, list[str]] = {}
+        doc = inspect.cleandoc(cls.__doc__ or "").splitlines()
+        indent, current = None, None
+        in_args = False
+        for line in doc:
+            if not in_args:
+                in_args = line.strip() == "Args:"
+                continue
+            if not line.strip():
+                current = None
+                continue
+            width = len(line) - len(line.lstrip())
+            if indent is None:
+                indent = width
+            if width < indent:                    # the section ended
+                break
+            m = re.match(r"(\w+)(?:\s*\([^)]*\))?:\s*(.*)", line.strip())
+            if width == indent and m:
+                current = m.group(1)
+                entries[current] = [m.group(2)]
+            elif current is not None:
+                entries[current].append(line.strip())
+        out = {}
+        for key in cls.hyperparameters():
+            text = " ".join(" ".join(entries.get(key, [])).split())
+            others = [a for a, k in cls.aliases.items() if k == key and f"``{a}``" not in text]
+            if others:
+                text += " Also accepted as " + ", ".join(f"``{a}``" for a in others) + "."
+            out[key] = text
         return out
 
     # -- hooks the trainer calls ----------------------------------------------

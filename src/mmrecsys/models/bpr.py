@@ -1,4 +1,6 @@
-"""BPR-MF (Rendle et al., UAI 2009) as in MMRec (protocol §5.1).
+"""BPR-MF: Rendle et al., "BPR: Bayesian Personalized Ranking from Implicit Feedback", UAI 2009
+(the BPR-Opt criterion, Sec. 4.1), as in MMRec (``enoche/MMRec`` ``src/models/bpr.py``, losses
+``BPRLoss`` and ``EmbLoss`` of ``src/common/loss.py``, grid ``src/configs/model/BPR.yaml``).
 
 .. math::
     \\hat s_{ui} = e_u^\\top e_i, \\qquad
@@ -21,18 +23,21 @@ class BPR(Recommender):
     """Matrix factorisation trained with the BPR loss.
 
     Args:
-        embedding_size: d (default 64).
-        reg_weight: λ of the EmbLoss regulariser (MMRec grid {2, 1, 0.1, 1e-2, 1e-3, 1e-4, 1e-5}).
+        embedding_dim: d, width of the user and item embeddings (MMRec's ``embedding_size``).
+            (default: ``64``)
+        reg_weight: λ of the EmbLoss regulariser (MMRec grid {2, 1, 0.1, 1e-2, 1e-3, 1e-4,
+            1e-5}). (default: ``0.0001``)
     """
 
     name = "bpr"
+    aliases = {"embedding_size": "embedding_dim"}
 
-    def __init__(self, data, cache=None, *, embedding_size: int = 64, reg_weight: float = 1e-4):
+    def __init__(self, data, cache=None, *, embedding_dim: int = 64, reg_weight: float = 1e-4):
         super().__init__(data, cache)
-        self.embedding_size = embedding_size
+        self.embedding_dim = embedding_dim
         self.reg_weight = reg_weight
-        self.user_embedding = nn.Parameter(torch.empty(self.n_users, embedding_size))
-        self.item_embedding = nn.Parameter(torch.empty(self.n_items, embedding_size))
+        self.user_embedding = nn.Parameter(torch.empty(self.n_users, embedding_dim))
+        self.item_embedding = nn.Parameter(torch.empty(self.n_items, embedding_dim))
         self.reset_parameters()
 
     def reset_parameters(self):

@@ -1,4 +1,17 @@
-"""Building blocks shared by the models: losses and propagation (protocol §5.0)."""
+"""Building blocks shared by the models: losses and propagation.
+
+Losses follow MMRec (``enoche/MMRec`` ``src/common/loss.py``: ``BPRLoss``, ``EmbLoss``) or the
+LATTICE family (``CRIPAC-DIG/LATTICE`` ``codes/main.py``, ``bpr_loss``). Propagation is written
+once for every model, as PyG's ``LGConv`` serves all of its LightGCN-style models:
+
+* :func:`power` applies a fixed operator L times, Â^L x (MMHCL's hypergraph branches, REARM's
+  homographs, LGMRec's modality graph embedding);
+* :func:`propagate` is LightGCN's layer combination, the mean of Â^l x over l = 0..L (He et al.,
+  "LightGCN", SIGIR 2020, Eq. 4 with α_l = 1/(L+1); LightGCN, LGMRec, MMHCL, REARM).
+
+An operator is a :class:`~mmrecsys.graphs.SparseGraph` or any module computing A x (e.g. a
+:class:`~mmrecsys.graphs.hypergraph.TorchHypergraph`), or a torch sparse tensor.
+"""
 from __future__ import annotations
 
 import torch
@@ -21,16 +34,30 @@ def emb_loss(*embeddings: torch.Tensor) -> torch.Tensor:
     return total / embeddings[-1].shape[0]
 
 
-def propagate(adj, x: torch.Tensor, n_layers: int, mean: bool = True,
-              include_input: bool = True) -> torch.Tensor:
-    """LightGCN propagation: mean (or sum) of Â^l x over l = 0..L (l = 0 iff include_input).
+def _apply(op, x: torch.Tensor) -> torch.Tensor:
+    return op(x) if isinstance(op, torch.nn.Module) else torch.sparse.mm(op, x)
 
-    ``adj`` is a :class:`~mmrecsys.graphs.SparseGraph` (fast) or a torch sparse tensor.
+
+def power(op, x: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """Â^L x: ``n_layers`` applications of the operator (``n_layers = 0`` returns ``x``)."""
+    for _ in range(n_layers):
+        x = _apply(op, x)
+    return x
+
+
+def propagate(op, x: torch.Tensor, n_layers: int, mean: bool = True,
+              include_input: bool = True) -> torch.Tensor:
+    """LightGCN propagation: mean (or sum) of Â^l x over l = 0..L (l = 0 iff ``include_input``).
+
+    Accumulated layer by layer ((x + Âx) + Â²x …, then divided by the number of terms), so no
+    (L+1)-fold stack is held; the result equals ``torch.stack(layers).mean(0)`` exactly.
     """
-    layers = [x] if include_input else []
+    out = x if include_input else None
     h = x
     for _ in range(n_layers):
-        h = adj(h) if isinstance(adj, torch.nn.Module) else torch.sparse.mm(adj, h)
-        layers.append(h)
-    out = torch.stack(layers, 0)
-    return out.mean(0) if mean else out.sum(0)
+        h = _apply(op, h)
+        out = h if out is None else out + h
+    if out is None:
+        return torch.zeros_like(x)
+    terms = n_layers + int(include_input)
+    return out / terms if mean else out

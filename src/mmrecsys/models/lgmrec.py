@@ -1,13 +1,14 @@
 """LGMRec: local and global graph learning for multimodal recommendation.
 
 Guo et al., "LGMRec: Local and Global Graph Learning for Multimodal Recommendation",
-AAAI 2024 (arXiv:2312.16400); official code georgeguo-cn/LGMRec (fixed version of July 2024,
-identical to the copy in MMRec). Implemented from ``spec/lgmrec.md`` (section numbers below).
+AAAI 2024 (arXiv:2312.16400), Eqs. 2–15 (numbers below). Official code ``georgeguo-cn/LGMRec``
+``models/lgmrec.py`` as fixed on 2024-07-18 (commit d918d5a), identical to the copy in MMRec
+(``enoche/MMRec`` ``src/models/lgmrec.py``); where paper and code differ, the code is followed.
 
-Notation: U users, I items, N = U + I nodes, d = ``embedding_size``, A = ``hyper_num``,
-τ = ``tau``, R the binary (U, I) training matrix, nrm(x) = x / max(‖x‖₂, 1e-12) row-wise.
+Notation: U users, I items, N = U + I nodes, d = ``embedding_dim``, A = ``hyper_num``,
+τ = ``temperature``, R the binary (U, I) training matrix, nrm(x) = x / max(‖x‖₂, 1e-12) row-wise.
 
-Local graph embedding (§2).
+Local graph embedding (Eqs. 2–6; the code's ``cge`` and ``mge``).
 
 .. math::
     A = \\begin{bmatrix}0 & R\\\\ R^\\top & 0\\end{bmatrix},\\quad
@@ -21,7 +22,8 @@ Local graph embedding (§2).
 
     E_{loc} = E_c + \\sum_m \\mathrm{nrm}(F^m)
 
-Global hypergraph embedding (§3), per modality m:
+Global hypergraph embedding (Eqs. 7–11; the code's ``forward`` and ``HGNNLayer``), per
+modality m:
 
 .. math::
     S_i^m = X_m V_m,\\quad S_u^m = R S_i^m \\ \\text{(plain sum, no normalisation)}
@@ -36,10 +38,11 @@ Global hypergraph embedding (§3), per modality m:
 
     E_{glob} = \\sum_m [G_u^{m,(L_h)}; G_i^{m,(L_h)}]
 
-Fusion and prediction (§5): :math:`E^* = E_{loc} + \\alpha\\,\\mathrm{nrm}(E_{glob})`,
+Fusion and prediction (Eq. 13): :math:`E^* = E_{loc} + \\alpha\\,\\mathrm{nrm}(E_{glob})`,
 :math:`\\hat y_{ui} = \\langle E^*_u, E^*_i\\rangle`.
 
-Losses (§4, §6), for a batch of B triples (u_b, p_b, n_b):
+Losses (Eqs. 12, 14, 15; the code's ``ssl_triple_loss``, ``bpr_loss``, ``reg_loss`` and
+``calculate_loss``), for a batch of B triples (u_b, p_b, n_b):
 
 .. math::
     \\ell(P, Q, Q_{all}) = \\sum_{b=1}^{B} -\\log
@@ -88,18 +91,19 @@ from __future__ import annotations
 
 import itertools
 import re
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..graphs import SparseGraph, bipartite_adjacency, sym_normalize
+from ..graphs import SparseGraph, binarize, inv_power, normalized_adjacency
 from .base import Recommender
-from .layers import bpr_logsigmoid, emb_loss
+from .layers import bpr_logsigmoid, emb_loss, power, propagate
 
 _EPS_NORM = 1e-12   # F.normalize's eps
-_EPS_DEG = 1e-7     # degree epsilon of Â and of the user mean (§2.1, §2.3)
+_EPS_DEG = 1e-7     # degree epsilon of Â and of the user mean (the code's get_norm_adj_mat, mge)
 
 
 
@@ -153,7 +157,8 @@ class _WeightedLogSumExpMatmul(torch.autograd.Function):
 def hcl_term(anchor_all: torch.Tensor, cand_all: torch.Tensor, rows: torch.Tensor, tau: float,
              cand_factors: tuple[torch.Tensor, torch.Tensor] | None = None,
              chunk_elems: int = 1 << 19) -> torch.Tensor:
-    """ℓ(P, Q, Q_all) of spec §4 with P = anchor_all[rows], Q = cand_all[rows], Q_all = cand_all.
+    """ℓ(P, Q, Q_all) of Eq. 12 as the code's ``ssl_triple_loss``: P = anchor_all[rows],
+    Q = cand_all[rows], Q_all = cand_all.
 
     Σ_b [ logsumexp_k(c(P_b, Q_all,k)/τ) − c(P_b, Q_b)/τ ], c the cosine similarity. Rows that
     repeat in ``rows`` are computed once and weighted by their count (same value, same gradient).
@@ -177,36 +182,64 @@ def hcl_term(anchor_all: torch.Tensor, cand_all: torch.Tensor, rows: torch.Tenso
 
 
 # ----------------------------------------------------------------------------- the model
+class ModalInputs(NamedTuple):
+    """One modality's inputs of a forward pass (paper Eqs. 4, 5 and 7)."""
+    features: torch.Tensor      # [F_u; F_i] (N, d): the MGE input, user rows the mean of their items
+    item_logits: torch.Tensor   # S_i = X V (I, A)
+    user_logits: torch.Tensor   # S_u = R S_i (U, A), a plain sum
+
+
+class GlobalParts(NamedTuple):
+    """One modality's global hypergraph embedding of a forward pass (paper Eqs. 8–10)."""
+    user_deps: torch.Tensor     # H̄_u (U, A), after dropout
+    item_deps: torch.Tensor     # H̄_i (I, A), after dropout
+    hyperedges: torch.Tensor    # Z (A, d) of the last hypergraph layer
+    users: torch.Tensor         # G_u = H̄_u Z (U, d)
+    items: torch.Tensor         # G_i = H̄_i Z (I, d)
+
+
 class LGMRec(Recommender):
     """LGMRec (local + global graph learning) as in the official code, fixed version.
 
+    Defaults are the official Baby settings (``configs/model/LGMREC.yaml`` and
+    ``configs/dataset/baby.yaml``); the grids are those of the yaml comments.
+
     Args:
-        embedding_size: d, size of the ID embeddings and of the projected modal features
-            (``embedding_size`` = ``feat_embed_dim`` = 64).
-        n_ui_layers: L_c, LightGCN layers of the collaborative graph embedding (grid {1..4}).
-        n_mm_layers: L_m, propagation layers of the modality graph embedding; only the last
-            layer is used; 0 returns the initial features (grid {0..4}).
-        n_hyper_layer: L_h ≥ 1, hypergraph message-passing layers (grid {1..4}).
-        hyper_num: A, number of hyperedges (implicit attributes) per modality (2..256).
-        keep_rate: probability of keeping an entry of the dependency matrices in the dropout
-            (training only; the official code's ``keep_rate``, the paper's "ρ").
-        alpha: weight α of the normalised global embedding in the fusion.
-        cl_weight: λ_cl, weight of the (sum-reduced) hypergraph contrastive loss.
-        reg_weight: λ_reg, weight of the non-squared Frobenius norm of the batch's final
-            embeddings divided by the batch size.
-        tau: τ, temperature of both the Gumbel-softmax and the contrastive loss (hard-coded
-            0.2 in the official code).
-        cf_model: "lightgcn" (default) or "mf" (E_c = E⁰, no propagation).
-        deterministic_inference: False (default, as the official code): the Gumbel noise is
-            also drawn at inference, so evaluation is random; True: plain softmax(S/τ) at
-            inference (training is unchanged).
-        legacy_user_hyperedges: reproduce the bug of the first published code (Aug 2023),
-            which produced the paper's logs (spec §11.1): the visual user dependency matrix is
-            the Gumbel-softmax of the TEXT user logits, and the text user matrix is the raw text
-            user logits. Needs exactly two modalities. Off by default.
+        embedding_dim: d, width of the ID embeddings and of the projected modal features (the
+            code's ``embedding_size`` = ``feat_embed_dim``). (default: ``64``)
+        n_layers: L_c, LightGCN layers of the collaborative graph embedding, Eqs. 2–3 (the
+            code's ``n_ui_layers``; grid {1..4}). (default: ``2``)
+        n_mm_layers: L_m, propagation layers of the modality graph embedding, Eq. 6; only the
+            last layer is used, 0 keeps the initial features (grid {0..4}). (default: ``2``)
+        n_hyper_layer: L_h ≥ 1, hypergraph message-passing layers, Eq. 9 (grid {1..4}).
+            (default: ``1``)
+        hyper_num: A, hyperedges (implicit attributes) per modality, Eq. 7 (grid 2..256).
+            (default: ``4``)
+        keep_rate: probability of keeping an entry of the dependency matrices in the dropout of
+            Eq. 9, training only (the paper's "ρ"; grid 0.1..1). (default: ``0.5``)
+        alpha: weight α of the normalised global embedding in the fusion, Eq. 13.
+            (default: ``0.3``)
+        cl_weight: λ_cl, weight of the (batch-summed) hypergraph contrastive loss, Eq. 15.
+            (default: ``0.0001``)
+        reg_weight: λ_reg, weight of the non-squared Frobenius norms of the batch's final
+            embeddings divided by the batch size (the code's ``reg_loss``, not the paper's
+            weight decay). (default: ``1e-06``)
+        temperature: τ of both the Gumbel-softmax (Eq. 8) and the contrastive loss (Eq. 12),
+            hard-coded ``tau = 0.2`` in the code. (default: ``0.2``)
+        cf_model: ``"lightgcn"``, or ``"mf"`` for E_c = E⁰ without propagation.
+            (default: ``'lightgcn'``)
+        deterministic_inference: False, as the code's ``full_sort_predict``: the Gumbel noise
+            is also drawn at inference, so evaluation is random; True: plain softmax(S/τ) at
+            inference (training is unchanged). (default: ``False``)
+        legacy_user_hyperedges: reproduce the bug of the first published ``models/lgmrec.py``
+            (Aug 2023, before commit d918d5a), which produced the official logs: the visual
+            user dependency matrix is the Gumbel-softmax of the TEXT user logits, and the text
+            user matrix is the raw text user logits. Needs exactly two modalities.
+            (default: ``False``)
     """
 
     name = "lgmrec"
+    aliases = {"embedding_size": "embedding_dim", "n_ui_layers": "n_layers", "tau": "temperature"}
     requires_features = True
     notes = ("Inference draws Gumbel noise, as the official full_sort_predict: one forward pass "
              "per block of eval_batch_size users, each with its own draw; validation and test "
@@ -218,38 +251,39 @@ class LGMRec(Recommender):
         "lr_scheduler": [1.0, 50], "eval_step": 1, "patience": 20, "seed": 999,
         "sampler": "interactions", "negatives_from": "train_items", "valid_metrics": ["recall@20"],
     }
-    presets = {  # spec §9.1 "Default" rows (official yaml at HEAD)
-        "baby": {"n_ui_layers": 2, "n_mm_layers": 2, "n_hyper_layer": 1, "hyper_num": 4,
+    presets = {  # the official configs/dataset/{baby,sports,clothing}.yaml at HEAD (= paper Table 4,
+                 # but for Clothing's n_layers: 3 in the paper, 2 in the yaml, log and MMRec)
+        "baby": {"n_layers": 2, "n_mm_layers": 2, "n_hyper_layer": 1, "hyper_num": 4,
                  "keep_rate": 0.5, "alpha": 0.3},
-        "sports": {"n_ui_layers": 4, "n_mm_layers": 2, "n_hyper_layer": 1, "hyper_num": 4,
+        "sports": {"n_layers": 4, "n_mm_layers": 2, "n_hyper_layer": 1, "hyper_num": 4,
                    "keep_rate": 0.4, "alpha": 0.6},
-        "clothing": {"n_ui_layers": 2, "n_mm_layers": 2, "n_hyper_layer": 2, "hyper_num": 64,
+        "clothing": {"n_layers": 2, "n_mm_layers": 2, "n_hyper_layer": 2, "hyper_num": 64,
                      "keep_rate": 0.2, "alpha": 0.2},
     }
 
-    def __init__(self, data, cache=None, *, embedding_size: int = 64, n_ui_layers: int = 2,
+    def __init__(self, data, cache=None, *, embedding_dim: int = 64, n_layers: int = 2,
                  n_mm_layers: int = 2, n_hyper_layer: int = 1, hyper_num: int = 4,
                  keep_rate: float = 0.5, alpha: float = 0.3, cl_weight: float = 1e-4,
-                 reg_weight: float = 1e-6, tau: float = 0.2, cf_model: str = "lightgcn",
+                 reg_weight: float = 1e-6, temperature: float = 0.2, cf_model: str = "lightgcn",
                  deterministic_inference: bool = False, legacy_user_hyperedges: bool = False):
         super().__init__(data, cache)
         if cf_model not in ("lightgcn", "mf"):
             raise ValueError(f"cf_model={cf_model!r}: use 'lightgcn' or 'mf'")
         if n_hyper_layer < 1:
             raise ValueError(f"n_hyper_layer={n_hyper_layer}: LGMRec needs at least 1 hypergraph layer")
-        if n_ui_layers < 0 or n_mm_layers < 0:
-            raise ValueError("n_ui_layers and n_mm_layers must be ≥ 0")
-        if hyper_num < 1 or embedding_size < 1:
-            raise ValueError("hyper_num and embedding_size must be ≥ 1")
+        if n_layers < 0 or n_mm_layers < 0:
+            raise ValueError("n_layers and n_mm_layers must be ≥ 0")
+        if hyper_num < 1 or embedding_dim < 1:
+            raise ValueError("hyper_num and embedding_dim must be ≥ 1")
         if not 0.0 < keep_rate <= 1.0:
             raise ValueError(f"keep_rate={keep_rate}: the probability of keeping an entry, in (0, 1]")
-        if tau <= 0:
-            raise ValueError(f"tau={tau}: must be > 0")
+        if temperature <= 0:
+            raise ValueError(f"temperature={temperature}: must be > 0")
         if legacy_user_hyperedges and len(data.features) != 2:
             raise ValueError("legacy_user_hyperedges reproduces a two-modality bug (visual, text); "
                              f"dataset {data.name!r} has {len(data.features)} modalities")
-        self.embedding_size = embedding_size
-        self.n_ui_layers = n_ui_layers
+        self.embedding_dim = embedding_dim
+        self.n_layers = n_layers
         self.n_mm_layers = n_mm_layers
         self.n_hyper_layer = n_hyper_layer
         self.hyper_num = hyper_num
@@ -257,33 +291,28 @@ class LGMRec(Recommender):
         self.alpha = alpha
         self.cl_weight = cl_weight
         self.reg_weight = reg_weight
-        self.tau = tau
+        self.temperature = temperature
         self.cf_model = cf_model
         self.deterministic_inference = deterministic_inference
         self.legacy_user_hyperedges = legacy_user_hyperedges
         self.modalities = list(data.features)
 
-        # constant graphs (§2.1): Â (symmetric), R and Rᵀ, 1/(deg_u + 1e-7)
+        # constant graphs: Â (symmetric), R and Rᵀ, 1/(deg_u + 1e-7)
         def build():
-            r = data.train.tocsr().astype(np.float32)
-            r.data[:] = 1.0
-            adj = sym_normalize(bipartite_adjacency(r), eps=_EPS_DEG)
-            inv_deg = 1.0 / (np.diff(r.indptr).astype(np.float32) + np.float32(_EPS_DEG))
-            return {"norm_adj": adj, "inter": r, "inv_user_degree": inv_deg.astype(np.float32)}
-        if cache is not None:
-            g = cache.get_or_build("lgmrec-graphs", {"data": data.fingerprint(with_features=False),
-                                                     "eps": _EPS_DEG, "version": 1}, build)
-        else:
-            g = build()
+            r = binarize(data.train)
+            return {"norm_adj": normalized_adjacency(r, eps=_EPS_DEG), "inter": r,
+                    "inv_user_degree": inv_power(np.diff(r.indptr).astype(np.float32), 1.0, _EPS_DEG)}
+        g = self.cached_graph(cache, "lgmrec-graphs", {"data": data.fingerprint(with_features=False),
+                                                       "eps": _EPS_DEG, "version": 1}, build)
         self.norm_adj = SparseGraph(g["norm_adj"], symmetric=True)   # Â, (U+I)²
         self.inter = SparseGraph(g["inter"], symmetric=False)        # R, (U, I)
         self.register_buffer("inv_user_degree", torch.from_numpy(g["inv_user_degree"])[:, None],
                              persistent=False)
 
-        # frozen raw features and trainable parameters (§1)
+        # frozen raw features and trainable parameters
         self._keys = []
-        self.user_embedding = nn.Parameter(torch.empty(self.n_users, embedding_size))
-        self.item_embedding = nn.Parameter(torch.empty(self.n_items, embedding_size))
+        self.user_embedding = nn.Parameter(torch.empty(self.n_users, embedding_dim))
+        self.item_embedding = nn.Parameter(torch.empty(self.n_items, embedding_dim))
         self.projection = nn.ParameterDict()     # W_m (D_m, d)
         self.hyperedges = nn.ParameterDict()     # V_m (D_m, A)
         for i, (mod, x) in enumerate(data.features.items()):
@@ -293,7 +322,7 @@ class LGMRec(Recommender):
             self._keys.append(key)
             self.register_buffer(f"feat_{key}", torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32)),
                                  persistent=False)
-            self.projection[key] = nn.Parameter(torch.empty(x.shape[1], embedding_size))
+            self.projection[key] = nn.Parameter(torch.empty(x.shape[1], embedding_dim))
             self.hyperedges[key] = nn.Parameter(torch.empty(x.shape[1], hyper_num))
         self.reset_parameters()
 
@@ -309,37 +338,27 @@ class LGMRec(Recommender):
         return getattr(self, f"feat_{key}")
 
     # ------------------------------------------------------------------ forward pieces
-    def modal_inputs(self):
+    def modal_inputs(self) -> list[ModalInputs]:
         """Per modality: initial MGE input [F_u; F_i] (N, d), item and user hyperedge logits."""
-        d = self.embedding_size
+        d = self.embedding_dim
         out = []
         for k in self._keys:
             y = self.features(k) @ torch.cat([self.projection[k], self.hyperedges[k]], 1)  # (I, d+A)
             ry = self.inter(y)                                        # (U, d+A)
             f0 = torch.cat([ry[:, :d] * self.inv_user_degree, y[:, :d]], 0)               # (N, d)
-            out.append((f0, y[:, d:], ry[:, d:]))
+            out.append(ModalInputs(f0, y[:, d:], ry[:, d:]))
         return out
 
     def dependency(self, logits: torch.Tensor) -> torch.Tensor:
         """Row-wise soft Gumbel-softmax at temperature τ (plain softmax when deterministic)."""
         if not self.training and self.deterministic_inference:
-            return torch.softmax(logits / self.tau, dim=1)
-        return F.gumbel_softmax(logits, tau=self.tau, hard=False, dim=1)
+            return torch.softmax(logits / self.temperature, dim=1)
+        return F.gumbel_softmax(logits, tau=self.temperature, hard=False, dim=1)
 
     def local_propagation(self, ego: torch.Tensor, modal: list[torch.Tensor]):
         """E_c = mean_{l≤L_c} Â^l E⁰ (E⁰ for mf) and F^m = Â^{L_m} F^m_0 (one SpMM per block)."""
-        lc = self.n_ui_layers if self.cf_model == "lightgcn" else 0
-        h, acc = ego, ego
-        for _ in range(lc):
-            h = self.norm_adj(h)
-            acc = acc + h
-        e_c = acc / (lc + 1) if lc else ego
-        feats = []
-        for f in modal:
-            for _ in range(self.n_mm_layers):
-                f = self.norm_adj(f)
-            feats.append(f)
-        return e_c, feats
+        e_c = propagate(self.norm_adj, ego, self.n_layers) if self.cf_model == "lightgcn" else ego
+        return e_c, [power(self.norm_adj, f, self.n_mm_layers) for f in modal]
 
     def hypergraph(self, h_item: torch.Tensor, h_user: torch.Tensor, g_item0: torch.Tensor):
         """L_h layers of Z = H̄_iᵀ G_i, G_i = H̄_i Z; users read G_u = H̄_u Z of the last layer."""
@@ -350,21 +369,21 @@ class LGMRec(Recommender):
         return h_user @ z, g_item, z
 
     def forward(self, users: torch.Tensor | None = None, items: torch.Tensor | None = None):
-        """Full-graph pass; the fused E* (§5) only for the requested rows (default: all).
+        """Full-graph pass; the fused E* (Eq. 13) only for the requested rows (default: all).
 
-        Returns (E*_u[users] (·, d), E*_i[items] (·, d), per-modality (H̄_u, H̄_i, Z, G_u, G_i)).
+        Returns (E*_u[users] (·, d), E*_i[items] (·, d), a :class:`GlobalParts` per modality).
         The fusion is row-wise, so fusing only the rows a batch reads is exact.
         """
         ego = torch.cat([self.user_embedding, self.item_embedding], 0)
         inputs = self.modal_inputs()
         # dependency matrices: Gumbel draws in the official order (iv, uv, it, ut)
         deps = []
-        for f0, s_item, s_user in inputs:
-            deps.append([self.dependency(s_item), self.dependency(s_user)])
-        if self.legacy_user_hyperedges:  # spec §11.1: text block overwrote the visual user matrix
+        for x in inputs:
+            deps.append([self.dependency(x.item_logits), self.dependency(x.user_logits)])
+        if self.legacy_user_hyperedges:  # first published code: the text block overwrote the visual user matrix
             deps[0][1] = deps[1][1]
-            deps[1][1] = inputs[1][2]
-        e_c, modal = self.local_propagation(ego, [f0 for f0, _, _ in inputs])
+            deps[1][1] = inputs[1].user_logits
+        e_c, modal = self.local_propagation(ego, [x.features for x in inputs])
         p_drop = 1.0 - self.keep_rate
         parts = []
         item_c = e_c[self.n_users:]
@@ -372,28 +391,29 @@ class LGMRec(Recommender):
             h_item = F.dropout(h_item, p_drop, self.training)
             h_user = F.dropout(h_user, p_drop, self.training)
             g_user, g_item, z = self.hypergraph(h_item, h_user, item_c)
-            parts.append((h_user, h_item, z, g_user, g_item))
+            parts.append(GlobalParts(h_user, h_item, z, g_user, g_item))
 
-        def fuse(rows, nodes: slice, which: int):
+        def fuse(rows, nodes: slice, glob_parts: list[torch.Tensor]):
+            """E_loc + α nrm(Σ_m G^m) (Eq. 13) for ``rows`` of the node range ``nodes``."""
             pick = (lambda t: t) if rows is None else (lambda t: t[rows])
             out = pick(e_c[nodes])
             for f in modal:
                 out = out + F.normalize(pick(f[nodes]), dim=1, eps=_EPS_NORM)
-            glob = pick(parts[0][which])
-            for p in parts[1:]:
-                glob = glob + pick(p[which])
+            glob = pick(glob_parts[0])
+            for g in glob_parts[1:]:
+                glob = glob + pick(g)
             return out + self.alpha * F.normalize(glob, dim=1, eps=_EPS_NORM)
 
-        return fuse(users, slice(0, self.n_users), 3), fuse(items, slice(self.n_users, None), 4), parts
+        return (fuse(users, slice(0, self.n_users), [p.users for p in parts]),
+                fuse(items, slice(self.n_users, None), [p.items for p in parts]), parts)
 
     # ------------------------------------------------------------------ trainer hooks
-    def hcl_loss(self, global_parts, users, pos) -> torch.Tensor:
-        """Σ over modality pairs (a < b) of ℓ_user + ℓ_item (spec §4; 0 with one modality)."""
+    def hcl_loss(self, global_parts: list[GlobalParts], users, pos) -> torch.Tensor:
+        """Σ over modality pairs (a < b) of ℓ_user + ℓ_item (Eq. 12; 0 with one modality)."""
         total = None
-        for (hu_a, hi_a, z_a, gu_a, gi_a), (hu_b, hi_b, z_b, gu_b, gi_b) in \
-                itertools.combinations(global_parts, 2):
-            t = hcl_term(gu_a, gu_b, users, self.tau, (hu_b, z_b)) + \
-                hcl_term(gi_a, gi_b, pos, self.tau, (hi_b, z_b))
+        for a, b in itertools.combinations(global_parts, 2):
+            t = hcl_term(a.users, b.users, users, self.temperature, (b.user_deps, b.hyperedges)) + \
+                hcl_term(a.items, b.items, pos, self.temperature, (b.item_deps, b.hyperedges))
             total = t if total is None else total + t
         if total is None:
             total = self.user_embedding.new_zeros(())

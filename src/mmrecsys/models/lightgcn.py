@@ -1,4 +1,7 @@
-"""LightGCN (He et al., SIGIR 2020) as in MMRec (protocol §5.2).
+"""LightGCN: He et al., "LightGCN: Simplifying and Powering Graph Convolution Network for
+Recommendation", SIGIR 2020 (Eqs. 3–5: light graph convolution, layer combination with
+α_l = 1/(L+1), prediction; Eq. 7: the matrix form), as in MMRec (``enoche/MMRec``
+``src/models/lightgcn.py``, grid ``src/configs/model/LightGCN.yaml``).
 
 .. math::
     \\hat A = D^{-1/2} A D^{-1/2},\\ D_{vv} = \\deg(v) + 10^{-7}, \\qquad
@@ -14,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..graphs import SparseGraph, bipartite_adjacency, sym_normalize
+from ..graphs import SparseGraph, normalized_adjacency
 from .base import Recommender
 from .layers import bpr_loss, emb_loss, propagate
 
@@ -23,22 +26,25 @@ class LightGCN(Recommender):
     """LightGCN: linear propagation on the normalised user–item graph, mean over layers.
 
     Args:
-        embedding_size: d (default 64).
-        n_layers: L (MMRec grid {1, 2, 3, 4}).
-        reg_weight: λ (MMRec grid {1e-2, …, 1e-6}).
+        embedding_dim: d, width of the layer-0 embeddings E⁰ (MMRec's ``embedding_size``).
+            (default: ``64``)
+        n_layers: L, propagation layers averaged with layer 0 (MMRec grid {1, 2, 3, 4}).
+            (default: ``2``)
+        reg_weight: λ of the EmbLoss regulariser on the batch's layer-0 rows (MMRec grid
+            {1e-2, …, 1e-6}). (default: ``0.0001``)
     """
 
     name = "lightgcn"
+    aliases = {"embedding_size": "embedding_dim"}
 
-    def __init__(self, data, cache=None, *, embedding_size: int = 64, n_layers: int = 2,
+    def __init__(self, data, cache=None, *, embedding_dim: int = 64, n_layers: int = 2,
                  reg_weight: float = 1e-4):
         super().__init__(data, cache)
-        self.embedding_size = embedding_size
+        self.embedding_dim = embedding_dim
         self.n_layers = n_layers
         self.reg_weight = reg_weight
-        self.embedding = nn.Parameter(torch.empty(self.n_users + self.n_items, embedding_size))
-        adj = sym_normalize(bipartite_adjacency(data.train))
-        self.norm_adj = SparseGraph(adj, symmetric=True)
+        self.embedding = nn.Parameter(torch.empty(self.n_users + self.n_items, embedding_dim))
+        self.norm_adj = SparseGraph(normalized_adjacency(data.train), symmetric=True)
         self.reset_parameters()
 
     def reset_parameters(self):

@@ -1,8 +1,13 @@
-"""MMHCL: Multi-Modal Hypergraph Contrastive Learning (Xu et al., ACM TOMM 2025, arXiv 2504.16576).
+"""MMHCL: Xu et al., "MMHCL: Multi-Modal Hypergraph Contrastive Learning for Recommendation",
+ACM TOMM 2025 (arXiv:2504.16576): the u2u and i2i hypergraphs, hypergraph convolution and the
+synergistic contrastive loss.
 
-Reproduces the released code (Xu107/MMHCL) as specified in shared/spec/mmhcl.md.
+Reproduces the released code, ``Xu107/MMHCL`` (``codes/Models.py`` class ``MMHCL``,
+``codes/main.py`` ``Trainer``, ``codes/utility/load_data.py``, ``codes/utility/parser.py``
+defaults), with its LightGCN backbone; where paper and code differ, the code is followed.
 
-Graphs (fixed, built once from the training split and the item features; spec §2):
+Graphs (fixed, built once from the training split and the item features; ``load_data.py``
+``get_UI_mat``, ``get_U2U_mat``, ``get_I2I_Hypergraph_mul_mat``):
 
 .. math::
     \\hat A = D^{-1/2} A D^{-1/2},\\ A = [[0, R], [R^T, 0]]           \\quad (\\text{no self-loops, } 0^{-1/2} = 0)
@@ -12,7 +17,7 @@ Graphs (fixed, built once from the training split and the item features; spec §
     H = [\\tilde I_1 | \\dots | \\tilde I_M],\\ \\tilde I_m[i,j] = 1[j \\in \\mathrm{topK}_m(i),\\ S_m[i,j] > 0]
     \\quad (\\text{self included}),\\qquad G_{ii} = D_P^{-1/2} H H^T D_P^{-1/2},\\ D_P = \\mathrm{diag}(H H^T 1)
 
-Forward (spec §3.2):
+Forward (``Models.py`` ``MMHCL.forward``):
 
 .. math::
     h_I = G_{ii}^{L_I} Q_I,\\quad h_U = G_{uu}^{L_U} Q_U,\\quad
@@ -21,7 +26,8 @@ Forward (spec §3.2):
     \\tilde e_I = e_I + \\mathrm{norm}(h_I),\\quad \\tilde e_U = e_U + \\mathrm{norm}(h_U),\\quad
     \\hat y(u,i) = \\tilde e_U[u] \\cdot \\tilde e_I[i]
 
-Loss per batch of B (user, positive, negative) triples (spec §4):
+Loss per batch of B (user, positive, negative) triples (``main.py`` ``Trainer.train`` and
+``bpr_loss``; ``Models.py`` ``batched_contrastive_loss``, a GRACE-style one-directional loss):
 
 .. math::
     L = -\\frac1B \\sum_b \\log\\sigma(\\hat y_{up} - \\hat y_{un})
@@ -33,7 +39,7 @@ Loss per batch of B (user, positive, negative) triples (spec §4):
 
 over *all* N users (items) at every step, c the cosine similarity. The contrastive loss is
 computed exactly, in anchor chunks, by a custom autograd function that evaluates the loss and
-its gradient in one chunked pass and keeps only O(chunk · N) memory (spec §9.2); no negative
+its gradient in one chunked pass and keeps only O(chunk · N) memory; no negative
 is subsampled. Hypergraph operators are applied in factored form (see graphs/hypergraph.py):
 no users×users or items×items matrix is ever built.
 """
@@ -41,17 +47,15 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..graphs import SparseGraph, bipartite_adjacency
+from ..graphs import SparseGraph, normalized_adjacency
 from ..graphs.hypergraph import (HYPERGRAPH_VERSION, TorchHypergraph, i2i_hypergraph,
                                  multimodal_knn_incidence, u2u_hypergraph)
 from .base import Recommender
-from .layers import bpr_logsigmoid, propagate
+from .layers import bpr_logsigmoid, power, propagate
 
 _LOG2E = 1.0 / math.log(2.0)
 
@@ -120,7 +124,8 @@ class _AllNodeInfoNCE(torch.autograd.Function):
 
 def all_node_infonce(z1: torch.Tensor, z2: torch.Tensor, tau: float,
                      chunk_size: int = 2048) -> torch.Tensor:
-    """CL(Z1, Z2) of spec §4.3: mean over all N anchors of −log(pos / (intra + inter)).
+    """CL(Z1, Z2) of the code's ``batched_contrastive_loss``: mean over all N anchors of
+    −log(pos / (intra + inter)).
 
     Exact (every node is a negative); memory O(chunk_size · N). All-zero rows give cosine 0.
     """
@@ -138,43 +143,42 @@ def dense_infonce(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tenso
     return -torch.log(between.diag() / (refl.sum(1) + between.sum(1) - refl.diag())).mean()
 
 
-# ---------------------------------------------------------------------------- graphs
-def ui_sym_adjacency(train: sp.spmatrix) -> sp.csr_matrix:
-    """Â = D^{-1/2} A D^{-1/2} with 0^{-1/2} = 0 (spec §2.1: isolated nodes get zero rows)."""
-    a = bipartite_adjacency(train)
-    deg = np.asarray(a.sum(axis=1)).ravel()
-    d = np.zeros_like(deg, dtype=np.float64)
-    d[deg > 0] = deg[deg > 0] ** -0.5
-    dm = sp.diags(d.astype(np.float32))
-    out = (dm @ a @ dm).tocsr()
-    out.sort_indices()
-    return out
-
-
 # ---------------------------------------------------------------------------- model
 class MMHCL(Recommender):
     """MMHCL with the LightGCN backbone (the only one used in the authors' logs).
 
+    Defaults are ``codes/utility/parser.py``'s (the TikTok settings); the presets hold the
+    settings of the authors' logs (``log/{tiktok,clothing,sports}.txt``).
+
     Args:
-        embed_size: d, size of the four embedding tables E_U, E_I, Q_U, Q_I (default 64).
-        regs: weight of the L2 penalty on the batch's fused embeddings (1e-3; Sports 1e-5).
-        knn_k: K of the per-modality top-K item neighbourhoods, self included (5; Clothing 10).
-            Named ``topk`` in the reference code; renamed because ``topk`` is the evaluator's
-            list of cutoffs.
-        ui_layers: L_UI, LightGCN layers on the user–item graph, averaged with layer 0 (2).
-        user_layers: L_U, powers of the u2u operator, last layer only (3; Clothing/Sports 2).
-        item_layers: L_I, powers of the i2i operator, last layer only (2).
+        embedding_dim: d, width of the four embedding tables E_U, E_I, Q_U, Q_I (the code's
+            ``embed_size``). (default: ``64``)
+        regs: weight of the L2 penalty on the batch's fused embeddings (Sports 1e-5).
+            (default: ``0.001``)
+        knn_k: K of the per-modality top-K item neighbourhoods, self included (Clothing 10).
+            The code's ``topk``, renamed because ``topk`` is the evaluator's list of cutoffs.
+            (default: ``5``)
+        n_layers: L_UI, LightGCN layers on the user–item graph, averaged with layer 0 (the
+            code's ``UI_layers``). (default: ``2``)
+        user_layers: L_U, powers of the u2u operator, last layer only (the code's
+            ``User_layers``; Clothing and Sports 2). (default: ``3``)
+        item_layers: L_I, powers of the i2i operator, last layer only (the code's
+            ``Item_layers``). (default: ``2``)
         user_loss_ratio: α, weight of the u2u contrastive loss; 0 disables the u2u branch
-            (0.03; Clothing 0.1, Sports 0.3).
+            (Clothing 0.1, Sports 0.3). (default: ``0.03``)
         item_loss_ratio: β, weight of the i2i contrastive loss; 0 disables the i2i branch
-            (0.07; Clothing and Sports 0.7).
-        temperature: τ of both contrastive losses (0.6; Clothing 0.4, Sports 0.5).
+            (Clothing and Sports 0.7). (default: ``0.07``)
+        temperature: τ of both contrastive losses (Clothing 0.4, Sports 0.5).
+            (default: ``0.6``)
         cl_chunk_size: anchors per block of the exact all-node contrastive loss; changes memory
-            (about 4 · 2N · chunk bytes) and speed, not the result (1024).
-        knn_chunk_size: rows per block of the top-K similarity search (2048).
+            (about 4 · 2N · chunk bytes) and speed, not the result. (default: ``1024``)
+        knn_chunk_size: rows per block of the top-K similarity search; changes memory, not
+            the result. (default: ``2048``)
     """
 
     name = "mmhcl"
+    aliases = {"embed_size": "embedding_dim", "ui_layers": "n_layers", "UI_layers": "n_layers",
+               "User_layers": "user_layers", "Item_layers": "item_layers"}
     requires_features = True
     notes = ("Selection as the official main.py: an evaluation (every 5 epochs) improves when "
              "Recall@20 or MMHCL's own NDCG@20 (ndcg_mmhcl) beats its best, raw floats "
@@ -189,11 +193,11 @@ class MMHCL(Recommender):
         "valid_round": None, "seed": 2024, "epochs": 1000,
         "optimizer": "adam", "weight_decay": 0.0,
     }
-    _tiktok = {"regs": 1e-3, "knn_k": 5, "ui_layers": 2, "user_layers": 3, "item_layers": 2,
+    _tiktok = {"regs": 1e-3, "knn_k": 5, "n_layers": 2, "user_layers": 3, "item_layers": 2,
                "user_loss_ratio": 0.03, "item_loss_ratio": 0.07, "temperature": 0.6}
-    _clothing = {"regs": 1e-3, "knn_k": 10, "ui_layers": 2, "user_layers": 2, "item_layers": 2,
+    _clothing = {"regs": 1e-3, "knn_k": 10, "n_layers": 2, "user_layers": 2, "item_layers": 2,
                  "user_loss_ratio": 0.1, "item_loss_ratio": 0.7, "temperature": 0.4}
-    _sports = {"regs": 1e-5, "knn_k": 5, "ui_layers": 2, "user_layers": 2, "item_layers": 2,
+    _sports = {"regs": 1e-5, "knn_k": 5, "n_layers": 2, "user_layers": 2, "item_layers": 2,
                "user_loss_ratio": 0.3, "item_loss_ratio": 0.7, "temperature": 0.5}
     # the official data loader evaluates held-out users with no training row (TikTok has 10)
     _tiktok = {**_tiktok, "keep_users_without_train": True}
@@ -202,8 +206,8 @@ class MMHCL(Recommender):
     presets = {"tiktok": _tiktok, "mmhcl-clothing": _clothing, "clothing": _clothing,
                "mmhcl-sports": _sports, "sports": _sports}
 
-    def __init__(self, data, cache=None, *, embed_size: int = 64, regs: float = 1e-3,
-                 knn_k: int = 5, ui_layers: int = 2, user_layers: int = 3, item_layers: int = 2,
+    def __init__(self, data, cache=None, *, embedding_dim: int = 64, regs: float = 1e-3,
+                 knn_k: int = 5, n_layers: int = 2, user_layers: int = 3, item_layers: int = 2,
                  user_loss_ratio: float = 0.03, item_loss_ratio: float = 0.07,
                  temperature: float = 0.6, cl_chunk_size: int = 1024, knn_chunk_size: int = 2048):
         super().__init__(data, cache)
@@ -211,10 +215,10 @@ class MMHCL(Recommender):
             raise ValueError(f"knn_k={knn_k}: need at least 1 neighbour")
         if temperature <= 0:
             raise ValueError(f"temperature={temperature}: must be positive")
-        self.embed_size = embed_size
+        self.embedding_dim = embedding_dim
         self.regs = regs
         self.knn_k = knn_k
-        self.ui_layers = ui_layers
+        self.n_layers = n_layers
         self.user_layers = user_layers
         self.item_layers = item_layers
         self.user_loss_ratio = user_loss_ratio
@@ -223,12 +227,13 @@ class MMHCL(Recommender):
         self.cl_chunk_size = cl_chunk_size
         self.knn_chunk_size = knn_chunk_size
 
-        self.user_ui_embedding = nn.Parameter(torch.empty(self.n_users, embed_size))   # E_U
-        self.item_ui_embedding = nn.Parameter(torch.empty(self.n_items, embed_size))   # E_I
-        self.uu_embedding = nn.Parameter(torch.empty(self.n_users, embed_size))        # Q_U
-        self.ii_embedding = nn.Parameter(torch.empty(self.n_items, embed_size))        # Q_I
+        self.user_ui_embedding = nn.Parameter(torch.empty(self.n_users, embedding_dim))   # E_U
+        self.item_ui_embedding = nn.Parameter(torch.empty(self.n_items, embedding_dim))   # E_I
+        self.uu_embedding = nn.Parameter(torch.empty(self.n_users, embedding_dim))        # Q_U
+        self.ii_embedding = nn.Parameter(torch.empty(self.n_items, embedding_dim))        # Q_I
 
-        self.ui_adj = SparseGraph(ui_sym_adjacency(data.train), symmetric=True)
+        # Â with 0^{-1/2} = 0: isolated nodes get zero rows (get_UI_mat, norm 'sym')
+        self.ui_adj = SparseGraph(normalized_adjacency(data.train, eps=0.0), symmetric=True)
         fp_train = data.fingerprint(with_features=False)
         u2u_key = {"fingerprint": fp_train, "version": HYPERGRAPH_VERSION}
         feats = [data.features[m] for m in data.modalities]
@@ -241,11 +246,8 @@ class MMHCL(Recommender):
         def build_i2i():
             return i2i_hypergraph(multimodal_knn_incidence(feats, knn_k, chunk_size=knn_chunk_size))
 
-        if cache is not None:
-            g_uu = cache.get_or_build("mmhcl-u2u", u2u_key, build_u2u)
-            g_ii = cache.get_or_build("mmhcl-i2i", i2i_key, build_i2i)
-        else:
-            g_uu, g_ii = build_u2u(), build_i2i()
+        g_uu = self.cached_graph(cache, "mmhcl-u2u", u2u_key, build_u2u)
+        g_ii = self.cached_graph(cache, "mmhcl-i2i", i2i_key, build_i2i)
         self.u2u = TorchHypergraph(g_uu)
         self.i2i = TorchHypergraph(g_ii)
         self.reset_parameters()
@@ -257,17 +259,17 @@ class MMHCL(Recommender):
 
     # ------------------------------------------------------------------ forward
     def forward(self):
-        """(ẽ_U, ẽ_I, h_I, h_U) of spec §3.2."""
+        """(ẽ_U, ẽ_I, h_I, h_U) as the code's ``MMHCL.forward`` returns them."""
         if self.item_loss_ratio != 0:
-            h_i = self.i2i.power(self.ii_embedding, self.item_layers)
+            h_i = power(self.i2i, self.ii_embedding, self.item_layers)
         else:
             h_i = self.ii_embedding
         if self.user_loss_ratio != 0:
-            h_u = self.u2u.power(self.uu_embedding, self.user_layers)
+            h_u = power(self.u2u, self.uu_embedding, self.user_layers)
         else:
             h_u = self.uu_embedding
         ego = torch.cat([self.user_ui_embedding, self.item_ui_embedding], 0)
-        e = propagate(self.ui_adj, ego, self.ui_layers)
+        e = propagate(self.ui_adj, ego, self.n_layers)
         e_u, e_i = e[: self.n_users], e[self.n_users:]
         if self.item_loss_ratio != 0:
             e_i = e_i + F.normalize(h_i, dim=1)

@@ -1,22 +1,28 @@
 """REARM: refined contrastive learning and homography relations.
 
 Ma, Zeng, Wu, Xu, "Refining Contrastive Learning and Homography Relations for Multi-Modal
-Recommendation", ACM MM 2025 (arXiv:2508.13745); official code MrShouxingMa/REARM (HEAD 6502a00).
-Implemented from ``spec/rearm.md`` (section numbers below); where paper and code differ, the
-code's behaviour is the default (§10).
+Recommendation", ACM MM 2025 (arXiv:2508.13745): homography relations (Sec. 4.2), the
+meta-network (Sec. 4.4.2) and the orthogonal constraint (Sec. 4.4.3). Official code
+``MrShouxingMa/REARM`` at 6502a00: ``model.py`` (``REARM.forward``, ``loss``,
+``meta_extra_share``, ``MLP``), ``utils/helper.py`` (graph builders, ``propgt_info``,
+``ssl_loss``, ``cal_diff_loss``), ``utils/data_loader.py`` and ``utils/parser.py``. Where paper
+and code differ, the code's behaviour is the default: the paper leaves the attention form open,
+applies the meta-network to items only and writes the orthogonal loss as a squared Frobenius
+norm; the code attends over the 64 coordinates of an item, builds meta-networks for users and
+items on a detached random compressor, and averages the orthogonal loss over the d² entries.
 
 Notation: U users, I items, N = U + I, d = ``embedding_dim``, modalities m = 1..M in the order of
 ``data.features`` (MMRec data: image_feat = v, text_feat = t), R the binary (U, I) training
 matrix, ℓ2(x) = x / max(‖x‖₂, 1e-12) row-wise, ρ ONE shared PReLU (slope init 0.25), LN ONE
 shared LayerNorm(d), sg = stop-gradient.
 
-Homographs (§2, built once from TRAIN data and raw features, see graphs/cooccurrence.py)::
+Homographs (built once from TRAIN data and raw features, :func:`rearm_homographs`)::
 
     G^I = α_i Ĉ^I + (1 − α_i) (β_i S_k^{I,v} + (1 − β_i) S_k^{I,t}) / k_i
     G^U = α_u Ĉ^U + (1 − α_u) (β_u S_k^{U,v} + (1 − β_u) S_k^{U,t}) / k_u
     Â   = D^{-1/2} [[0, R], [Rᵀ, 0]] D^{-1/2}
 
-Forward over all N nodes (§3–§5)::
+Forward over all N nodes (``REARM.forward`` and ``meta_extra_share``)::
 
     X_m = V′_m W_im + b,  Y_m = P_m W_um + b       (V′, P trainable, init raw / user-mean features)
     [Ẽ_I ‖ H_1 ‖ … ‖ H_M] = ℓ2((G^I)^{L_ii} [E_I ‖ X_1 ‖ … ‖ X_M])   (last hop, ONE joint norm)
@@ -35,7 +41,7 @@ Att(q, c) reads each d-vector as d tokens of width 1 (one head, embed_dim 1, sca
 π_ab = softmax_b((w_q q_a + b_q)(w_k c_b + b_k)), dropout on π in training (p = 1 gives 0),
 out_a = w_o Σ_b π_ab (w_v c_b + b_v) + b_o — torch MultiheadAttention(1, 1) on x.unsqueeze(-1).
 
-Losses (§5–§6), batch of B triples (u, i⁺, i⁻)::
+Losses (``REARM.loss``, ``ssl_loss``, ``cal_diff_loss``), batch of B triples (u, i⁺, i⁻)::
 
     L_bpr  = −mean log σ(ŷ(u, i⁺) − ŷ(u, i⁻))
     nce(B) = −(1/|B|) Σ_{a∈B} log softmax_b(ℓ2(F_v)_a · ℓ2(F_t)_b / τ)_a     (B unique nodes)
@@ -45,8 +51,9 @@ Losses (§5–§6), batch of B triples (u, i⁺, i⁻)::
     L = L_bpr + L_cl + L_diff;  L2 = AdamW decoupled weight decay (the code's ``reg_weight``
     is the trainer's ``weight_decay``).
 
-More than two modalities (an extension; the spec has v and t): cross-attention queries the
-next modality cyclically (C_m: q = A_{m+1 mod M}, c = A_m, which is the spec for M = 2), the
+More than two modalities (an extension; the code has v and t, the paper says it extends,
+Sec. 4.1): cross-attention queries the next modality cyclically (C_m: q = A_{m+1 mod M},
+c = A_m, which is the code for M = 2), the
 InfoNCE and orthogonal terms sum over consecutive pairs (m, m+1), and the graph weight β goes
 to the first modality with (1 − β) shared equally by the others. With one modality there is no
 cross-attention and L_cl = L_diff = 0.
@@ -60,15 +67,18 @@ Declared deviations (statistical only): attention dropout keeps an entry with pr
 round((1 − p)·2^15)/2^15 (within 1.6e-5 of 1 − p; masks come from 15-bit random words, not
 torch.bernoulli); co-occurrence ties are broken by ascending index and the padding draws use
 numpy's Generator(``graph_seed``) (the code's order is torch.topk's and its draws the global
-numpy RNG, spec §10).
+numpy RNG, ``utils/helper.py`` ``creat_dict_graph`` and ``topk_sample``).
 
 Compatibility options (off by default because they let held-out data influence training):
-``user_popularity_heldout`` (the fallback user popularity of §2.2 case C counts valid and test
+``user_popularity_heldout`` (the fallback user popularity of empty rows, case C of
+:mod:`mmrecsys.graphs.cooccurrence`, counts valid and test
 interactions, as the code does; never triggers on Baby/Sports/Clothing) and the trainer's
 ``neg_exclude_heldout`` (negatives avoid valid/test items, as the code does).
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
 
 import numpy as np
@@ -76,11 +86,89 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..graphs import SparseGraph, bipartite_adjacency, sym_normalize
-from ..graphs.cooccurrence import rearm_homographs, user_interest_features
+from ..graphs import SparseGraph, normalized_adjacency
+from ..graphs.cooccurrence import (item_cooccurrence_graph, similarity_graph,
+                                   user_cooccurrence_graph, user_interest_features, weighted_sum)
 from .base import Recommender
+from .layers import power, propagate
 
 _EPS_NORM = 1e-12
+BUILDER_VERSION = 1
+
+
+# ----------------------------------------------------------------------------- homographs
+def _array_hash(*arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def modality_weights(n_modalities: int, image_weight: float) -> list[float]:
+    """β for the first modality (image), the rest (1 − β) shared equally (the code has two)."""
+    if n_modalities == 1:
+        return [1.0]
+    rest = (1.0 - image_weight) / (n_modalities - 1)
+    return [float(image_weight)] + [rest] * (n_modalities - 1)
+
+
+def rearm_homographs(data, *, user_k: int, item_k: int, uu_co_weight: float, ii_co_weight: float,
+                     u_image_weight: float, i_image_weight: float, seed: int = 2025,
+                     user_popularity: np.ndarray | None = None, user_interest: dict | None = None,
+                     knn_chunk: int = 4096, cached=None):
+    """REARM's homographs (G^U, G^I) as CSR (``utils/data_loader.py`` ``Load_dataset`` and
+    ``model.py`` ``REARM.__init__`` of ``MrShouxingMa/REARM``)::
+
+        G = α Ĉ + (1 − α) Σ_m w_m S_k^m / k,   w = (β, (1 − β)/(M − 1), …)
+
+    from the co-occurrence and similarity graphs of :mod:`mmrecsys.graphs.cooccurrence`;
+    directed, never symmetrised. Components with weight 0 are not built.
+
+    Args:
+        user_popularity: fallback ranking of users with no co-occurring user (default: their
+            training interactions).
+        user_interest: precomputed user interest vectors per modality (computed when missing).
+        cached: ``cached(name, key, build)`` returns each component (e.g. a
+            :class:`~mmrecsys.graphs.GraphCache`'s ``get_or_build``); default: build it.
+    """
+    fp_train = data.fingerprint(with_features=False)
+    train = data.train
+    mods = list(data.features)
+
+    def get(name, key, build):
+        key = {"data": fp_train, "version": BUILDER_VERSION, **key}
+        return cached(name, key, build) if cached is not None else build()
+
+    pop_key = "train" if user_popularity is None else _array_hash(np.asarray(user_popularity))
+    wu = modality_weights(len(mods), u_image_weight)
+    wi = modality_weights(len(mods), i_image_weight)
+
+    cu = ci = None
+    if uu_co_weight != 0:
+        cu = get("rearm-user-cooc", {"k": user_k, "seed": seed, "popularity": pop_key},
+                 lambda: user_cooccurrence_graph(train, user_k, seed, user_popularity))
+    if ii_co_weight != 0:
+        ci = get("rearm-item-cooc", {"k": item_k, "seed": seed},
+                 lambda: item_cooccurrence_graph(train, item_k, seed))
+    su, si = [], []
+    for m, name in enumerate(mods):
+        feat = data.features[name]
+        fkey = {"modality": name, "features": _array_hash(feat)}
+        if (1 - ii_co_weight) * wi[m] != 0:
+            si.append(get(f"rearm-item-knn-{name}", {"k": item_k, **fkey},
+                          lambda f=feat: similarity_graph(f, item_k, knn_chunk)))
+        else:
+            si.append(None)
+        if (1 - uu_co_weight) * wu[m] != 0:
+            def build_user(f=feat, name=name):
+                xu = user_interest[name] if user_interest is not None else user_interest_features(train, f)
+                return similarity_graph(xu, user_k, knn_chunk)
+            su.append(get(f"rearm-user-knn-{name}", {"k": user_k, **fkey}, build_user))
+        else:
+            su.append(None)
+    g_u = weighted_sum([(uu_co_weight, cu)] + [((1 - uu_co_weight) * w, s) for w, s in zip(wu, su)])
+    g_i = weighted_sum([(ii_co_weight, ci)] + [((1 - ii_co_weight) * w, s) for w, s in zip(wi, si)])
+    return g_u, g_i
 
 
 def _random_words(shape, device) -> torch.Tensor:
@@ -180,11 +268,17 @@ class _ScalarAttentionCore(torch.autograd.Function):
 
 
 class ScalarAttention(nn.Module):
-    """One-head attention over the d coordinates of each row (token width 1), spec §3.2.
+    """One-head attention over the d coordinates of each row (token width 1), the code's
+    ``nn.MultiheadAttention(1, 1)`` blocks ``self_i_attn*`` and ``mutual_i_attn*``.
 
     Equal to ``nn.MultiheadAttention(1, 1, dropout=p, batch_first=True)`` applied to
-    ``q.unsqueeze(-1)``, ``c.unsqueeze(-1)``: 8 scalar parameters. ``chunk_size`` rows are
-    processed at a time (the (rows, d, d) attention map is the memory cost).
+    ``q.unsqueeze(-1)``, ``c.unsqueeze(-1)``: 8 scalar parameters.
+
+    Args:
+        dropout: probability of dropping an entry of the attention map, training only.
+            (default: ``0.0``)
+        chunk_size: rows processed at a time (the (rows, d, d) attention map is the memory
+            cost; the result does not depend on it). (default: ``256``)
     """
 
     def __init__(self, dropout: float = 0.0, chunk_size: int = 256):
@@ -217,13 +311,25 @@ class ScalarAttention(nn.Module):
 
 
 class LowRankGenerator(nn.Module):
-    """g(x) = ℓ2(W₂ PReLU(W₁ x + b₁) + b₂): d → d·r, own PReLU slope (init 0.25), spec §5.2."""
+    """g(x) = ℓ2(W₂ PReLU(W₁ x + b₁) + b₂): d → d·r, own PReLU slope (init 0.25): the code's
+    ``MLP`` (``model.py``), the generator of the meta-network (paper Sec. 4.4.2).
+
+    Args:
+        d: input width (the embedding width). No default.
+        rank: r; the output has d·r entries. No default.
+    """
 
     def __init__(self, d: int, rank: int):
         super().__init__()
         self.lin1 = nn.Linear(d, d * rank)
         self.act = nn.PReLU(1, 0.25)
         self.lin2 = nn.Linear(d * rank, d * rank)
+
+    def reset_parameters(self):
+        """Re-draw both layers (torch's Linear default) and reset the slope, in build order."""
+        self.lin1.reset_parameters()
+        self.act.reset_parameters()
+        self.lin2.reset_parameters()
 
     def forward(self, x):
         return F.normalize(self.lin2(self.act(self.lin1(x))), dim=1, eps=_EPS_NORM)
@@ -249,7 +355,8 @@ def info_nce(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
 
 
 def orthogonal_loss(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-    """mean over the d×d entries of (X̃1ᵀ X̃2)², X̃ = centred X / (sg‖row‖₂ + 1e-6), spec §5.3."""
+    """mean over the d×d entries of (X̃1ᵀ X̃2)², X̃ = centred X / (sg‖row‖₂ + 1e-6): the code's
+    ``cal_diff_loss`` (paper Sec. 4.4.3 writes a squared Frobenius norm, i.e. d² times this)."""
     x1 = x1 - x1.mean(0, keepdim=True)
     x2 = x2 - x2.mean(0, keepdim=True)
     x1 = x1 / (x1.norm(dim=1, keepdim=True).detach() + 1e-6)
@@ -260,33 +367,44 @@ def orthogonal_loss(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
 class REARM(Recommender):
     """REARM (refined contrastive learning + homography relations), code-faithful.
 
-    Args:
-        embedding_dim: d, ID embeddings and projected modal features (64).
-        num_layer: L, LightGCN layers on the user–item graph (mean of layers 0..L).
-        rank: r, rank of the meta-network's low-rank transformations.
-        s_drop: dropout on the self-attention maps (training only; 1.0 zeroes them).
-        m_drop: dropout on the cross-attention maps.
-        u_mm_image_weight: β_u, weight of the image kNN graph in the user similarity mix.
-        i_mm_image_weight: β_i, same for items (0 removes the image item graph).
-        uu_co_weight: α_u, weight of the user co-occurrence graph in G^U.
-        ii_co_weight: α_i, weight of the item co-occurrence graph in G^I.
-        user_knn_k: k_u, neighbours per user in the co-occurrence and kNN graphs.
-        item_knn_k: k_i, neighbours per item.
-        n_uu_layers: L_uu, hops on G^U (last hop only; 0 = none).
-        n_ii_layers: L_ii, hops on G^I.
-        cl_tmp: τ of the inter-modal InfoNCE.
-        cl_loss_weight: λ_cl.
-        diff_loss_weight: λ_ort, weight of the orthogonal constraint.
-        graph_seed: seed of the co-occurrence padding draws (case B of §2.2).
-        trainable_compressor: ablation (spec §10.3): no stop-gradient on K, so Φ is trained.
-        user_popularity_heldout: compatibility quirk (off): the fallback user popularity of
-            §2.2 case C counts valid and test interactions, as the official code does.
+    Defaults are ``utils/parser.py``'s; the presets are the README's command lines for Baby,
+    Sports and Clothing. The code's ``reg_weight`` (5e-4) is AdamW's decoupled weight decay,
+    i.e. the trainer's ``weight_decay`` (in ``train_defaults`` and the presets).
 
-    The code's ``reg_weight`` (5e-4) is AdamW's decoupled weight decay: the trainer's
-    ``weight_decay`` (train_defaults and presets).
+    Args:
+        embedding_dim: d, width of the ID embeddings and of the projected modal features.
+            (default: ``64``)
+        n_layers: L, LightGCN layers on the user–item graph, mean of layers 0..L (the code's
+            ``num_layer``). (default: ``4``)
+        rank: r, rank of the meta-network's low-rank transformations. (default: ``3``)
+        s_drop: dropout on the self-attention maps, training only (1.0 zeroes them).
+            (default: ``0.4``)
+        m_drop: dropout on the cross-attention maps, training only. (default: ``0.6``)
+        u_mm_image_weight: β_u, weight of the image kNN graph in the user similarity mix.
+            (default: ``0.2``)
+        i_mm_image_weight: β_i, the same for items (0 removes the image item graph).
+            (default: ``0.0``)
+        uu_co_weight: α_u, weight of the user co-occurrence graph in G^U. (default: ``0.4``)
+        ii_co_weight: α_i, weight of the item co-occurrence graph in G^I. (default: ``0.2``)
+        user_knn_k: k_u, neighbours per user in the co-occurrence and kNN graphs.
+            (default: ``40``)
+        item_knn_k: k_i, neighbours per item. (default: ``10``)
+        n_uu_layers: L_uu, hops on G^U, last hop only (0: none). (default: ``1``)
+        n_ii_layers: L_ii, hops on G^I. (default: ``1``)
+        temperature: τ of the inter-modal InfoNCE (the code's ``cl_tmp``). (default: ``0.6``)
+        cl_loss_weight: λ_cl, weight of the InfoNCE terms. (default: ``5e-06``)
+        diff_loss_weight: λ_ort, weight of the orthogonal constraint. (default: ``0.0001``)
+        graph_seed: seed of the co-occurrence padding draws (case B of
+            :mod:`mmrecsys.graphs.cooccurrence`). (default: ``2025``)
+        trainable_compressor: ablation: no stop-gradient on the compressor K of the
+            meta-network, so Φ is trained (the code detaches it). (default: ``False``)
+        user_popularity_heldout: compatibility quirk: the fallback user popularity of users
+            without co-occurring users (case C) counts valid and test interactions, as the
+            official code does. (default: ``False``)
     """
 
     name = "rearm"
+    aliases = {"num_layer": "n_layers", "cl_tmp": "temperature"}
     requires_features = True
     train_defaults = {
         "optimizer": "adamw", "lr": 5e-5, "weight_decay": 5e-4, "batch_size": 2048,
@@ -296,60 +414,78 @@ class REARM(Recommender):
         "eval_batch_size": 8192,
     }
     presets = {
-        "baby": {"num_layer": 4, "weight_decay": 5e-4, "rank": 3, "s_drop": 0.4, "m_drop": 0.6,
+        "baby": {"n_layers": 4, "weight_decay": 5e-4, "rank": 3, "s_drop": 0.4, "m_drop": 0.6,
                  "u_mm_image_weight": 0.2, "i_mm_image_weight": 0.0, "uu_co_weight": 0.4,
                  "ii_co_weight": 0.2, "user_knn_k": 40, "item_knn_k": 10, "n_uu_layers": 1,
-                 "n_ii_layers": 1, "cl_tmp": 0.6, "cl_loss_weight": 5e-6,
+                 "n_ii_layers": 1, "temperature": 0.6, "cl_loss_weight": 5e-6,
                  "diff_loss_weight": 5e-5},
-        "sports": {"num_layer": 5, "weight_decay": 0.05, "rank": 7, "s_drop": 1.0, "m_drop": 0.2,
+        "sports": {"n_layers": 5, "weight_decay": 0.05, "rank": 7, "s_drop": 1.0, "m_drop": 0.2,
                    "u_mm_image_weight": 0.0, "i_mm_image_weight": 0.2, "uu_co_weight": 0.9,
                    "ii_co_weight": 0.2, "user_knn_k": 25, "item_knn_k": 5, "n_uu_layers": 2,
-                   "n_ii_layers": 2, "cl_tmp": 1.5, "cl_loss_weight": 1e-3,
+                   "n_ii_layers": 2, "temperature": 1.5, "cl_loss_weight": 1e-3,
                    "diff_loss_weight": 5e-4},
-        "clothing": {"num_layer": 4, "weight_decay": 1e-5, "rank": 3, "s_drop": 0.4,
+        "clothing": {"n_layers": 4, "weight_decay": 1e-5, "rank": 3, "s_drop": 0.4,
                      "m_drop": 0.1, "u_mm_image_weight": 0.1, "i_mm_image_weight": 0.1,
                      "uu_co_weight": 0.7, "ii_co_weight": 0.1, "user_knn_k": 45,
-                     "item_knn_k": 10, "n_uu_layers": 1, "n_ii_layers": 1, "cl_tmp": 0.03,
+                     "item_knn_k": 10, "n_uu_layers": 1, "n_ii_layers": 1, "temperature": 0.03,
                      "cl_loss_weight": 1e-6, "diff_loss_weight": 1e-5},
     }
 
-    def __init__(self, data, cache=None, *, embedding_dim: int = 64, num_layer: int = 4,
+    def __init__(self, data, cache=None, *, embedding_dim: int = 64, n_layers: int = 4,
                  rank: int = 3, s_drop: float = 0.4, m_drop: float = 0.6,
                  u_mm_image_weight: float = 0.2, i_mm_image_weight: float = 0.0,
                  uu_co_weight: float = 0.4, ii_co_weight: float = 0.2, user_knn_k: int = 40,
                  item_knn_k: int = 10, n_uu_layers: int = 1, n_ii_layers: int = 1,
-                 cl_tmp: float = 0.6, cl_loss_weight: float = 5e-6, diff_loss_weight: float = 1e-4,
+                 temperature: float = 0.6, cl_loss_weight: float = 5e-6, diff_loss_weight: float = 1e-4,
                  graph_seed: int = 2025, trainable_compressor: bool = False,
                  user_popularity_heldout: bool = False):
         super().__init__(data, cache)
-        for k, v in list(locals().items()):
-            if k not in ("self", "data", "cache", "__class__"):
-                setattr(self, k, v)
         if rank < 1:
             raise ValueError(f"rank={rank}: the low-rank transformations need rank ≥ 1")
         if not (0 <= s_drop <= 1 and 0 <= m_drop <= 1):
             raise ValueError("s_drop and m_drop are dropout probabilities in [0, 1]")
+        if temperature <= 0:
+            raise ValueError(f"temperature={temperature}: must be > 0")
+        self.embedding_dim = embedding_dim
+        self.n_layers = n_layers
+        self.rank = rank
+        self.s_drop = s_drop
+        self.m_drop = m_drop
+        self.u_mm_image_weight = u_mm_image_weight
+        self.i_mm_image_weight = i_mm_image_weight
+        self.uu_co_weight = uu_co_weight
+        self.ii_co_weight = ii_co_weight
+        self.user_knn_k = user_knn_k
+        self.item_knn_k = item_knn_k
+        self.n_uu_layers = n_uu_layers
+        self.n_ii_layers = n_ii_layers
+        self.temperature = temperature
+        self.cl_loss_weight = cl_loss_weight
+        self.diff_loss_weight = diff_loss_weight
+        self.graph_seed = graph_seed
+        self.trainable_compressor = trainable_compressor
+        self.user_popularity_heldout = user_popularity_heldout
         d = embedding_dim
         U, I = self.n_users, self.n_items
         self.modalities = list(data.features)
         M = self.n_modalities = len(self.modalities)
 
-        # -- graphs (§2) --------------------------------------------------------------
+        # -- graphs ------------------------------------------------------------------
         user_interest = {m: user_interest_features(data.train, x) for m, x in data.features.items()}
         pop = None
         if user_popularity_heldout:
             pop = (np.diff(data.train.indptr) + np.diff(data.valid.indptr)
                    + np.diff(data.test.indptr))
-        g_u, g_i, self.graph_seconds = rearm_homographs(
+        g_u, g_i = rearm_homographs(
             data, user_k=user_knn_k, item_k=item_knn_k, uu_co_weight=uu_co_weight,
             ii_co_weight=ii_co_weight, u_image_weight=u_mm_image_weight,
-            i_image_weight=i_mm_image_weight, seed=graph_seed, user_popularity=pop, cache=cache,
-            user_interest=user_interest)
+            i_image_weight=i_mm_image_weight, seed=graph_seed, user_popularity=pop,
+            user_interest=user_interest, cached=functools.partial(self.cached_graph, cache))
         self.user_graph = SparseGraph(g_u, symmetric=False)
         self.item_graph = SparseGraph(g_i, symmetric=False)
-        self.norm_adj = SparseGraph(sym_normalize(bipartite_adjacency(data.train)), symmetric=True)
+        self.norm_adj = SparseGraph(normalized_adjacency(data.train), symmetric=True)
 
-        # -- parameters (§3.1) ----------------------------------------------------------
+        # -- parameters ----------------------------------------------------------------
         self.user_embedding = nn.Parameter(torch.empty(U, d))
         self.item_embedding = nn.Parameter(torch.empty(I, d))
         self.item_raw = nn.ParameterList()
@@ -370,24 +506,43 @@ class REARM(Recommender):
         self.item_compress = nn.Linear(M * d, d)
         self.user_gen1, self.user_gen2 = LowRankGenerator(d, rank), LowRankGenerator(d, rank)
         self.item_gen1, self.item_gen2 = LowRankGenerator(d, rank), LowRankGenerator(d, rank)
-        self.reset_parameters()
+        self._init_embeddings()   # the submodules above initialised themselves when built
 
-    def reset_parameters(self, data=None, user_interest=None):
+    def _init_embeddings(self):
+        """The code's ``_reset_parameters``: N(0, 0.1²) ID embeddings, xavier-normal projection
+        weights (their biases keep torch's Linear default)."""
         nn.init.normal_(self.user_embedding, 0.0, 0.1)
         nn.init.normal_(self.item_embedding, 0.0, 0.1)
         for lin in list(self.item_proj) + list(self.user_proj):
-            nn.init.xavier_normal_(lin.weight)                 # bias keeps the default init
+            nn.init.xavier_normal_(lin.weight)
+
+    def reset_parameters(self, data=None):
+        """Re-initialise every parameter, drawing in the constructor's order: under the same
+        torch seed the result equals a freshly built model. With ``data`` (the dataset the model
+        was built on) the trainable feature tables return to the raw item features and the
+        users' mean item features; without it they keep their values."""
+        for item_proj, user_proj in zip(self.item_proj, self.user_proj):
+            item_proj.reset_parameters()
+            user_proj.reset_parameters()
+        for att in list(self.self_att) + list(self.cross_att):
+            att.reset_parameters()
+        self.layer_norm.reset_parameters()
+        self.act.reset_parameters()
+        self.user_compress.reset_parameters()
+        self.item_compress.reset_parameters()
+        for gen in (self.user_gen1, self.user_gen2, self.item_gen1, self.item_gen2):
+            gen.reset_parameters()
+        self._init_embeddings()
         if data is not None:
             with torch.no_grad():
                 for j, m in enumerate(self.modalities):
-                    self.item_raw[j].copy_(torch.from_numpy(np.asarray(data.features[m], np.float32)))
-                    self.user_raw[j].copy_(torch.from_numpy(user_interest[m]))
+                    x = np.asarray(data.features[m], np.float32)
+                    self.item_raw[j].copy_(torch.from_numpy(x))
+                    self.user_raw[j].copy_(torch.from_numpy(user_interest_features(data.train, x)))
 
     # ------------------------------------------------------------------ forward
     def _homograph(self, graph, emb, feats, n_layers):
-        z = torch.cat([emb] + feats, dim=1)                    # (n, (M+1) d)
-        for _ in range(n_layers):
-            z = graph(z)
+        z = power(graph, torch.cat([emb] + feats, dim=1), n_layers)   # (n, (M+1) d)
         z = F.normalize(z, dim=1, eps=_EPS_NORM)               # one joint norm per row
         return z.split(self.embedding_dim, dim=1)
 
@@ -406,12 +561,7 @@ class REARM(Recommender):
             c = a
         b = [rho(x) for x in q]
         x0 = torch.cat([torch.cat([e_u] + b, 1), torch.cat([e_i] + c, 1)], 0)   # (N, (M+1) d)
-        acc = x0
-        x = x0
-        for _ in range(self.num_layer):
-            x = self.norm_adj(x)
-            acc = acc + x
-        out = acc / (self.num_layer + 1)
+        out = propagate(self.norm_adj, x0, self.n_layers)
         e, f = out[:, :d], out[:, d:]
         s = torch.cat([self._meta(f[:U], e[:U], self.user_compress, self.user_gen1, self.user_gen2),
                        self._meta(f[U:], e[U:], self.item_compress, self.item_gen1, self.item_gen2)], 0)
@@ -439,8 +589,8 @@ class REARM(Recommender):
             diff = f.new_zeros(())
             for m in range(M - 1):
                 fa, fb = f[:, m * d:(m + 1) * d], f[:, (m + 1) * d:(m + 2) * d]
-                cl = cl + info_nce(fa[items], fb[items], self.cl_tmp) \
-                    + info_nce(fa[uniq_users], fb[uniq_users], self.cl_tmp)
+                cl = cl + info_nce(fa[items], fb[items], self.temperature) \
+                    + info_nce(fa[uniq_users], fb[uniq_users], self.temperature)
                 diff = diff + orthogonal_loss(fa[U + pos], fb[U + pos]) \
                     + orthogonal_loss(fa[users], fb[users])
             out["cl"] = self.cl_loss_weight * cl

@@ -1,4 +1,6 @@
-"""Vectorised training samplers (protocol §3.3; MMHCL's user sampler).
+"""Vectorised training samplers: MMRec's (``enoche/MMRec`` ``src/utils/dataloader.py``
+``TrainDataLoader``: every training interaction once per epoch, one negative each) and MMHCL's
+(``Xu107/MMHCL`` ``codes/utility/load_data.py`` ``Data.sample``: users drawn per batch).
 
 Negatives are drawn in bulk and only the collisions with the user's history are redrawn; the
 membership test is a binary search in the sorted keys u·n_items + i of the history.

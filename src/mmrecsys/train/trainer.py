@@ -462,7 +462,8 @@ class Trainer:
     def summary(self, epochs_run: int | None = None) -> dict:
         return summarize(self.cfg, self.data, self.best,
                          len(self.history) if epochs_run is None else epochs_run,
-                         self.stopped_early, self.build_seconds, self.fingerprint)
+                         self.stopped_early, self.build_seconds, self.fingerprint,
+                         getattr(self.net, "graph_seconds", None))
 
     def report(self) -> dict[str, Any]:
         """Best weights loaded; metrics.json and history.csv written; the summary returned."""
@@ -541,12 +542,15 @@ class Trainer:
         return self.report()
 
 
-def summarize(cfg, data, best, epochs_run, stopped_early, build_seconds, fingerprint) -> dict:
-    """The content of metrics.json."""
+def summarize(cfg, data, best, epochs_run, stopped_early, build_seconds, fingerprint,
+              graph_seconds=None) -> dict:
+    """The content of metrics.json (``build_seconds``: the whole model construction;
+    ``graph_seconds``: per graph, the seconds spent building it or loading it from the cache)."""
     return {"model": cfg["model"], "dataset": data.name, "best_epoch": best["epoch"],
             "epochs_run": epochs_run, "stopped_early": stopped_early,
             "valid": best["valid"], "test": best["test"],
-            "graph_build_seconds": round(build_seconds, 3),
+            "model_build_seconds": round(build_seconds, 3),
+            "graph_seconds": {k: round(v, 3) for k, v in (graph_seconds or {}).items()},
             "dataset_fingerprint": fingerprint, **best["report"]}
 
 
