@@ -210,19 +210,19 @@ class TrainedModel:
         return self.config["model"]
 
     # ------------------------------------------------------------------ answers
-    def _top(self, user_vectors: torch.Tensor, seen, k: int, filter_seen: bool):
-        """Top-k of ``user_vectors @ items.T`` with the ``seen`` CSR rows masked."""
+    def _top(self, score_fn, n: int, seen, k: int, filter_seen: bool):
+        """Top-k of ``score_fn(rows[, items=slice])`` for rows 0..n-1, the ``seen`` CSR rows
+        masked, ranked by the evaluator's blocked top-k (bounded memory for any catalogue)."""
+        import scipy.sparse as sp
+        from .evaluation.ranking import rank_topk
         k_eff = min(k, self.data.n_items)
-        scores = self.model.score_vectors(user_vectors, self._reps) if hasattr(
-            self.model, "score_vectors") else user_vectors @ self._reps[1].T
-        scores = scores.float()
-        if filter_seen and seen is not None and seen.nnz:
-            r = np.repeat(np.arange(seen.shape[0]), np.diff(seen.indptr))
-            scores[torch.as_tensor(r, device=scores.device),
-                   torch.as_tensor(seen.indices.astype(np.int64), device=scores.device)] = -torch.inf
-        val, idx = torch.topk(scores, k_eff, dim=1)
-        ids = idx.cpu().numpy().astype(np.int64)
-        sc = val.cpu().numpy().astype(np.float32)
+        mask = seen if filter_seen else sp.csr_matrix((n, self.data.n_items), dtype=np.float32)
+        ids = np.empty((n, k_eff), dtype=np.int64)
+        sc = np.empty((n, k_eff), dtype=np.float32)
+        for a, b, top, vals in rank_topk(score_fn, np.arange(n), self.data.n_items, mask, k_eff,
+                                         device=self.device, with_scores=True):
+            ids[a:b] = top.cpu().numpy()
+            sc[a:b] = vals.cpu().numpy()
         short = ~np.isfinite(sc)
         if k_eff < k or short.any():
             ids = np.pad(ids, ((0, 0), (0, k - k_eff)), constant_values=-1)
@@ -243,11 +243,18 @@ class TrainedModel:
         ``k`` unseen items the row is padded with id -1 and score NaN, with a
         :class:`RecommendationWarning`.
         """
+        from .evaluation.ranking import accepts_items, model_scorer
         u = check_ids(users, "user", self.data.n_users)
         k = check_k(k)
-        user_repr = self._reps[0]
-        vec = user_repr[torch.as_tensor(u, device=user_repr.device)]
-        return self._top(vec, self.data.train[u], k, filter_seen)
+        scorer = model_scorer(self.model, self._reps)
+        ut = torch.as_tensor(u, device=self.device)
+        if accepts_items(scorer):
+            def score(rows, items=None):
+                return scorer(ut[rows], items=items)
+        else:
+            def score(rows):
+                return scorer(ut[rows])
+        return self._top(score, len(u), self.data.train[u], k, filter_seen)
 
     @torch.no_grad()
     def recommend_for_history(self, histories, k: int = 10, filter_seen: bool = True):
@@ -272,7 +279,11 @@ class TrainedModel:
         indices = np.concatenate([np.unique(r) for r in rows])
         seen = sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr),
                              shape=(len(rows), self.data.n_items))
-        return self._top(vec, seen, k, filter_seen)
+
+        def score(r, items=None):
+            reps = item_repr if items is None else item_repr[items]
+            return vec[r] @ reps.T
+        return self._top(score, len(rows), seen, k, filter_seen)
 
     @torch.no_grad()
     def similar_items(self, items, k: int = 10):

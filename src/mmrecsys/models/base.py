@@ -153,8 +153,12 @@ class Recommender(nn.Module):
         """(user_repr (n_users, d), item_repr (n_items, d)) for full ranking."""
         raise NotImplementedError
 
-    def score(self, users: torch.Tensor, reps) -> torch.Tensor:
+    def score(self, users: torch.Tensor, reps, items: slice | None = None) -> torch.Tensor:
+        """(B, n_items) scores of ``users`` (or (B, len) against the item range ``items``, which
+        lets the evaluator stream a large catalogue in blocks)."""
         user_repr, item_repr = reps
+        if items is not None:
+            item_repr = item_repr[items]
         return user_repr[users] @ item_repr.T
 
     def extra_repr(self) -> str:
