@@ -2,8 +2,9 @@
 from .adjacency import (SparseGraph, binarize, bipartite_adjacency, inv_power, normalized_adjacency,
                         row_normalize, sym_normalize, to_torch_sparse)
 from .cache import GraphCache
-from .knn import knn_graph, knn_to_csr
+from .knn import (current_knn_settings, faiss_available, knn_graph, knn_recall, knn_settings,
+                  knn_to_csr)
 
 __all__ = ["SparseGraph", "binarize", "bipartite_adjacency", "inv_power", "normalized_adjacency",
            "row_normalize", "sym_normalize", "to_torch_sparse", "knn_graph", "knn_to_csr",
-           "GraphCache"]
+           "knn_settings", "current_knn_settings", "knn_recall", "faiss_available", "GraphCache"]

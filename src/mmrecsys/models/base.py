@@ -86,6 +86,10 @@ class Recommender(nn.Module):
         the hyperparameters used and a builder version. The time taken is recorded in
         :attr:`graph_seconds` under ``name``.
         """
+        from ..graphs.knn import current_knn_settings
+        knn = current_knn_settings()
+        if knn.get("backend", "torch") != "torch":  # another kNN search: another graph
+            key = {**key, "knn": knn}
         t0 = time.perf_counter()
         out = (cache if cache is not None else _NO_CACHE).get_or_build(name, key, build)
         self.graph_seconds[name] = time.perf_counter() - t0

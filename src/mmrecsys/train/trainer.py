@@ -73,10 +73,12 @@ def seed_everything(seed: int) -> None:
 def build_model(data: Dataset, cfg: dict, device) -> torch.nn.Module:
     """The configured model on ``data``; a constructor's ValueError (a bad hyperparameter or a
     dataset the model cannot use) and running out of memory become a ConfigError."""
+    from ..graphs import knn_settings
     cls = get_model_class(cfg["model"])
     cache = GraphCache(cfg.get("cache_dir") or default_cache_dir())
     try:
-        model = cls(data, cache, **model_kwargs(cls, cfg))
+        with knn_settings(cfg.get("knn_backend", "torch"), cfg.get("knn_index", "flat")):
+            model = cls(data, cache, **model_kwargs(cls, cfg))
         return model.to(device)
     except ValueError as e:
         raise ConfigError(f"{cls.name}: {e}") from e
