@@ -59,3 +59,23 @@ def test_config_keys_reach_a_models_graphs(tmp_path):
     assert faiss_model.history[0]["loss"] == pytest.approx(torch_model.history[0]["loss"], rel=1e-5)
     with pytest.raises(ConfigError, match="knn_index"):
         resolve_config(get_model_class("mmhcl"), "x", overrides={"knn_index": "annoy"})
+
+
+def test_serving_from_an_ann_index(tmp_path):
+    import warnings
+
+    import mmrecsys as mr
+    data = mr.load_dataset("synthetic", n_users=150, n_items=300, seed=5)
+    m = mr.fit(data, "lightgcn", epochs=2, batch_size=256)
+    exact, _ = m.recommend(np.arange(40), k=10)
+    m.use_ann("flat")                               # exact index: the same lists
+    flat, _ = m.recommend(np.arange(40), k=10)
+    assert np.array_equal(exact, flat)
+    for u, row in zip(range(40), flat):
+        assert not set(row.tolist()) & set(data.train[u].indices.tolist())
+    m.use_ann("hnsw")
+    assert m.ann_recall(k=10) > 0.9
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ids, sc = m.recommend([0], k=300)           # beyond the unseen items: padded
+    assert (ids[0] >= 0).sum() == 300 - data.train[0].nnz

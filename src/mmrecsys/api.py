@@ -198,6 +198,7 @@ class TrainedModel:
         self.seed = eval_seed(config["seed"], max(int(best), 0), "test")
         model.eval()
         self._reps = representations(model, self.seed)
+        self._ann = None  # see use_ann()
 
     def __repr__(self) -> str:
         test = (self.metrics.get("test") or {}).get("recall@20")
@@ -246,6 +247,9 @@ class TrainedModel:
         from .evaluation.ranking import accepts_items, model_scorer
         u = check_ids(users, "user", self.data.n_users)
         k = check_k(k)
+        if self._ann is not None:
+            return self._ann_top(self._reps[0][torch.as_tensor(u, device=self.device)],
+                                 self.data.train[u] if filter_seen else None, k)
         scorer = model_scorer(self.model, self._reps)
         ut = torch.as_tensor(u, device=self.device)
         if accepts_items(scorer):
@@ -305,6 +309,90 @@ class TrainedModel:
             ids = np.pad(ids, ((0, 0), (0, k - k_eff)), constant_values=-1)
             sc = np.pad(sc, ((0, 0), (0, k - k_eff)), constant_values=np.nan)
         return ids, sc
+
+    # ------------------------------------------------------------------ approximate search
+    def use_ann(self, index: str = "hnsw", *, m: int = 32, ef_search: int = 256,
+                nlist: int | None = None, nprobe: int = 32) -> "TrainedModel":
+        """Answer :meth:`recommend` from an approximate inner-product index over the item
+        representations (FAISS ``hnsw`` or ``ivf``; ``flat`` is exact) instead of scoring every
+        item. For models that score by the inner product of final representations (all of the
+        built-in ones); :meth:`ann_recall` measures it against exact ranking. Returns self."""
+        from .graphs.knn import faiss_available
+        if not faiss_available():
+            raise RequestError("approximate search needs FAISS: pip install 'mmrecsys[ann]'")
+        from .models.base import Recommender
+        if type(self.model).score is not Recommender.score:
+            raise RequestError(f"{self.name} scores with its own function, not an inner product of "
+                               f"representations: it cannot be served from an ANN index")
+        import faiss
+        items = np.ascontiguousarray(self._reps[1].detach().float().cpu().numpy())
+        n, d = items.shape
+        if index == "hnsw":
+            idx = faiss.IndexHNSWFlat(d, m, faiss.METRIC_INNER_PRODUCT)
+            idx.hnsw.efSearch = ef_search
+        elif index == "ivf":
+            nl = nlist or max(1, min(n // 39, int(4 * np.sqrt(n))))
+            idx = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nl, faiss.METRIC_INNER_PRODUCT)
+            idx.train(items)
+            idx.nprobe = min(nprobe, nl)
+        elif index == "flat":
+            idx = faiss.IndexFlatIP(d)
+        else:
+            raise RequestError(f"ann index {index!r}: use hnsw, ivf or flat")
+        idx.add(items)
+        self._ann = idx
+        return self
+
+    def _ann_top(self, vectors: torch.Tensor, seen, k: int):
+        """Top-k from the ANN index: ask for k + (most seen items of these users) candidates,
+        drop the seen ones, keep k."""
+        q = np.ascontiguousarray(vectors.detach().float().cpu().numpy())
+        n_seen = np.diff(seen.indptr) if seen is not None else np.zeros(len(q), dtype=np.int64)
+        want = int(min(self.data.n_items, k + (n_seen.max() if len(n_seen) else 0)))
+        if hasattr(self._ann, "hnsw"):
+            self._ann.hnsw.efSearch = max(self._ann.hnsw.efSearch, want)
+        vals, ids = self._ann.search(q, want)
+        keep = ids >= 0
+        if seen is not None and seen.nnz:
+            n_items = self.data.n_items
+            seen_keys = np.repeat(np.arange(len(q)), n_seen) * n_items + seen.indices
+            cand = np.arange(len(q))[:, None] * n_items + np.maximum(ids, 0)
+            keep &= ~np.isin(cand, seen_keys)
+        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]     # kept first, in rank order
+        out_i = np.take_along_axis(ids, order, 1).astype(np.int64)
+        out_v = np.take_along_axis(vals, order, 1).astype(np.float32)
+        kept = np.take_along_axis(keep, order, 1)
+        out_i[~kept], out_v[~kept] = -1, np.nan
+        if out_i.shape[1] < k:
+            out_i = np.pad(out_i, ((0, 0), (0, k - out_i.shape[1])), constant_values=-1)
+            out_v = np.pad(out_v, ((0, 0), (0, k - out_v.shape[1])), constant_values=np.nan)
+        if (out_i < 0).any():
+            warnings.warn(f"{int((out_i < 0).any(1).sum())} of {len(q)} users got fewer than k={k} "
+                          f"items from the ANN index; padded with id -1", RecommendationWarning,
+                          stacklevel=3)
+        return out_i, out_v
+
+    def ann_recall(self, k: int = 10, users=None, sample: int = 2000, seed: int = 0) -> float:
+        """Recall@k of the ANN answers against exact ranking (mean share of the exact top-k
+        found) over ``users`` (default: a seeded sample of ``sample`` users)."""
+        if self._ann is None:
+            raise RequestError("no ANN index: call use_ann() first")
+        if users is None:
+            rng = np.random.default_rng(seed)
+            users = np.sort(rng.choice(self.data.n_users, min(sample, self.data.n_users),
+                                       replace=False))
+        ann, self._ann = self._ann, None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RecommendationWarning)
+                exact, _ = self.recommend(users, k)
+        finally:
+            self._ann = ann
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RecommendationWarning)
+            approx, _ = self.recommend(users, k)
+        hits = ((approx[:, :, None] == exact[:, None, :]) & (exact[:, None, :] >= 0)).any(1).sum()
+        return float(hits / max(1, (exact >= 0).sum()))
 
     def recommend_all(self, k: int = 10, path=None, *, filter_seen: bool = True,
                       chunk_size: int = 4096):

@@ -245,14 +245,22 @@ def recommend(run_dir, users, k, data, device, as_json):
 @click.option("--device", default="auto", show_default=True)
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="Log one line per request.")
-def serve(run_dir, data, host, port, device, access_log):
+@click.option("--ann", type=click.Choice(["hnsw", "ivf", "flat"]), default=None,
+              help="Answer /recommend from a FAISS index over the item representations "
+                   "(approximate for hnsw/ivf; its recall@10 against exact ranking is printed).")
+def serve(run_dir, data, host, port, device, access_log, ann):
     """Serve top-K recommendations of a run over HTTP (FastAPI; docs at /docs, served locally)."""
     try:
         import uvicorn
         from .serving.app import create_app, offline_docs_available
     except ImportError:
         _fail("serving needs FastAPI and uvicorn: pip install 'mmrecsys[serve]'")
-    app = create_app(_load_run(run_dir, data, device))
+    model = _load_run(run_dir, data, device)
+    if ann:
+        model.use_ann(ann)
+        click.echo(f"ANN index {ann}: recall@10 against exact ranking {model.ann_recall(10):.4f} "
+                   f"(sample of {min(2000, model.data.n_users)} users)")
+    app = create_app(model)
     docs = ("docs at /docs" if offline_docs_available() else
             "no /docs: pip install 'mmrecsys[serve]' for it; OpenAPI at /openapi.json")
     click.echo(f"serving {run_dir} on http://{host}:{port} ({docs})")
