@@ -93,9 +93,23 @@ def main(ctx):
 @click.option("--quiet", "-q", is_flag=True, help="Print only warnings, errors and the final metrics.")
 @click.option("--log-every", type=click.IntRange(min=0), default=1, show_default=True,
               help="Print every N-th epoch line (0: none).")
-def train(model, data, out, config_file, sets, seed, device, resume, quiet, log_every):
-    """Train a model with early stopping and write a run directory."""
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Data-parallel processes on this machine (launched through torchrun).")
+def train(model, data, out, config_file, sets, seed, device, resume, quiet, log_every, nproc):
+    """Train a model with early stopping and write a run directory.
+
+    Several machines: run on each `torchrun --nnodes=M --nproc-per-node=N --node-rank=R
+    --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT -m mmrecsys.cli train ...` (the same
+    arguments and data everywhere; process 0 writes the run directory)."""
+    import os
+
     from .train import fit
+    from .train.trainer import init_distributed
+    if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _launch_torchrun(nproc)
+    world, rank = init_distributed(device)
+    if rank != 0:
+        quiet = True
     progress = not quiet and sys.stderr.isatty()  # no carriage-return noise in redirected logs
     log = None if quiet else click.echo
     dev = _resolve_device(device)
@@ -120,8 +134,28 @@ def train(model, data, out, config_file, sets, seed, device, resume, quiet, log_
                 out = out.with_name(f"{name}-{secrets.token_hex(3)}")
         res = fit(ds, config=cfg, run_dir=out, device=dev, progress=progress, log=log,
                   log_every=log_every)
-    if res["test"]:
+    if res["test"] and rank == 0:
         _print_metrics(f"test metrics at best epoch {res['best_epoch']} ({res['run_dir']}):", res["test"])
+
+
+def _launch_torchrun(nproc: int):
+    """Re-run this `train` command under torchrun with ``nproc`` processes on this machine."""
+    import subprocess
+    args = list(sys.argv[1:])
+    drop = []
+    for i, a in enumerate(args):  # remove --nproc N / --nproc=N
+        if a == "--nproc":
+            drop += [i, i + 1]
+        elif a.startswith("--nproc="):
+            drop.append(i)
+    args = [a for i, a in enumerate(args) if i not in drop]
+    if "--out" not in args and "-o" not in args and not any(a.startswith("--out=") for a in args) \
+            and "--resume" not in args:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        args += ["--out", str(pathlib.Path("runs") / f"ddp-{stamp}-{secrets.token_hex(3)}")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", "-m", "mmrecsys.cli", *args]
+    raise click.exceptions.Exit(subprocess.call(cmd))
 
 
 def _resume_config(run: pathlib.Path, model, data, config_file, overrides, seed):

@@ -59,6 +59,14 @@ class Recommender(nn.Module):
     requires_features: ClassVar[bool] = False
     #: behaviour a user should know of, printed by ``mmrecsys models NAME``
     notes: ClassVar[str] = ""
+    #: data-parallel training (``--nproc``): "split" when every loss term is a sum over batch
+    #: rows or uses the batch helpers of :mod:`.layers` (each process computes its share of the
+    #: global batch), "replicate" otherwise (every process computes the global batch's loss:
+    #: exact, but no speed-up)
+    data_parallel: ClassVar[str] = "replicate"
+    #: loss terms that do not depend on the batch (e.g. a contrastive loss over all nodes): under
+    #: "split" every process computes them whole, so each contributes 1/world of them
+    global_loss_terms: ClassVar[tuple] = ()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -30,6 +30,7 @@ class BPR(Recommender):
     """
 
     name = "bpr"
+    data_parallel = "split"  # batch terms through layers.batch_mean / emb_loss / row sums
     aliases = {"embedding_size": "embedding_dim"}
 
     def __init__(self, data, cache=None, *, embedding_dim: int = 64, reg_weight: float = 1e-4):

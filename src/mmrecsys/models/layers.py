@@ -14,24 +14,73 @@ An operator is a :class:`~mmrecsys.graphs.SparseGraph` or any module computing A
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 
+# ----------------------------------------------------------------------- data parallelism
+@dataclass(frozen=True)
+class DataParallel:
+    """A training step split across ``world`` processes: each holds a share of a global batch
+    of ``global_batch`` rows. The batch losses below then return this process's share of the
+    global value, so that the shares add up (over processes) to the single-process loss."""
+    world: int
+    global_batch: int
+
+
+_DP: contextvars.ContextVar = contextvars.ContextVar("data_parallel", default=None)
+
+
+@contextlib.contextmanager
+def data_parallel(world: int, global_batch: int):
+    """Within the block the batch losses are data-parallel shares (see :class:`DataParallel`)."""
+    token = _DP.set(DataParallel(int(world), int(global_batch)))
+    try:
+        yield
+    finally:
+        _DP.reset(token)
+
+
+def batch_size(rows: torch.Tensor) -> int:
+    """The batch size a per-batch mean divides by: the global batch under data parallelism."""
+    dp = _DP.get()
+    return rows.shape[0] if dp is None else dp.global_batch
+
+
+def batch_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch rows (under data parallelism: this share's sum / global batch)."""
+    dp = _DP.get()
+    return x.mean() if dp is None else x.sum() / dp.global_batch
+
+
 def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
     """MMRec BPRLoss: −mean log(1e-10 + σ(ŝ_ui − ŝ_uj))."""
-    return -torch.log(1e-10 + torch.sigmoid(pos_scores - neg_scores)).mean()
+    return batch_mean(-torch.log(1e-10 + torch.sigmoid(pos_scores - neg_scores)))
 
 
 def bpr_logsigmoid(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
     """−mean logsigmoid(ŝ_ui − ŝ_uj) (FREEDOM/LATTICE/MGCN/MMHCL style)."""
-    return -F.logsigmoid(pos_scores - neg_scores).mean()
+    return batch_mean(-F.logsigmoid(pos_scores - neg_scores))
 
 
 def emb_loss(*embeddings: torch.Tensor) -> torch.Tensor:
-    """MMRec EmbLoss [quirk]: sum of *un-squared* Frobenius norms / rows of the last argument."""
-    total = sum(torch.linalg.norm(e) for e in embeddings)
-    return total / embeddings[-1].shape[0]
+    """MMRec EmbLoss [quirk]: sum of *un-squared* Frobenius norms / rows of the last argument.
+
+    Under data parallelism the norms are of the global batch (squared sums all-reduced with
+    gradients), and this process returns its 1/world share of the value.
+    """
+    dp = _DP.get()
+    if dp is None:
+        total = sum(torch.linalg.norm(e) for e in embeddings)
+        return total / embeddings[-1].shape[0]
+    import torch.distributed.nn.functional as dist_nn
+    squares = torch.stack([e.pow(2).sum() for e in embeddings])
+    squares = dist_nn.all_reduce(squares)
+    return squares.sqrt().sum() / dp.global_batch / dp.world
 
 
 def _apply(op, x: torch.Tensor) -> torch.Tensor:

@@ -239,6 +239,7 @@ class LGMRec(Recommender):
     """
 
     name = "lgmrec"
+    data_parallel = "split"  # batch terms through layers.batch_mean / emb_loss / row sums
     aliases = {"embedding_size": "embedding_dim", "n_ui_layers": "n_layers", "tau": "temperature"}
     requires_features = True
     notes = ("Inference draws Gumbel noise, as the official full_sort_predict: one forward pass "

@@ -35,6 +35,7 @@ class LightGCN(Recommender):
     """
 
     name = "lightgcn"
+    data_parallel = "split"  # batch terms through layers.batch_mean / emb_loss / row sums
     aliases = {"embedding_size": "embedding_dim"}
 
     def __init__(self, data, cache=None, *, embedding_dim: int = 64, n_layers: int = 2,

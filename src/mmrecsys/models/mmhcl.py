@@ -55,7 +55,7 @@ from ..graphs import SparseGraph, normalized_adjacency
 from ..graphs.hypergraph import (HYPERGRAPH_VERSION, TorchHypergraph, i2i_hypergraph,
                                  multimodal_knn_incidence, u2u_hypergraph)
 from .base import Recommender
-from .layers import bpr_logsigmoid, power, propagate
+from .layers import batch_size, bpr_logsigmoid, power, propagate
 
 _LOG2E = 1.0 / math.log(2.0)
 
@@ -177,6 +177,8 @@ class MMHCL(Recommender):
     """
 
     name = "mmhcl"
+    data_parallel = "split"  # batch terms through layers.batch_mean / emb_loss / row sums
+    global_loss_terms = ("cl_i2i", "cl_u2u")  # all-node InfoNCE: batch-independent
     aliases = {"embed_size": "embedding_dim", "ui_layers": "n_layers", "UI_layers": "n_layers",
                "User_layers": "user_layers", "Item_layers": "item_layers"}
     requires_features = True
@@ -282,7 +284,7 @@ class MMHCL(Recommender):
         u, p, n = e_u[users], e_i[pos], e_i[neg]
         terms = {"bpr": bpr_logsigmoid((u * p).sum(1), (u * n).sum(1)),
                  "reg": self.regs * 0.5 * (u.pow(2).sum() + p.pow(2).sum() + n.pow(2).sum())
-                 / users.shape[0]}
+                 / batch_size(users)}
         if self.item_loss_ratio != 0:
             terms["cl_i2i"] = self.item_loss_ratio * all_node_infonce(
                 e_i, h_i, self.temperature, self.cl_chunk_size)

@@ -64,6 +64,30 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
+def _distributed() -> tuple[int, int]:
+    """(world size, rank) of an initialised ``torch.distributed`` group, else (1, 0)."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def init_distributed(device: str | None = None) -> tuple[int, int]:
+    """Join the process group described by torchrun's environment (``RANK``, ``WORLD_SIZE``,
+    ``MASTER_ADDR``, ``MASTER_PORT``): gloo on CPU, NCCL on CUDA. Returns (world, rank); (1, 0)
+    when not launched by torchrun."""
+    import os
+
+    import torch.distributed as dist
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or not dist.is_available():
+        return 1, 0
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available() and device not in ("cpu",)
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_world_size(), dist.get_rank()
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
@@ -292,6 +316,8 @@ def fit(data: Dataset, model: str | None = None, overrides: dict | None = None, 
     """
     if config is None:
         config = run_config(model, data, file_cfg, overrides)
+    if _distributed()[1] != 0:  # data-parallel: process 0 alone writes the run directory
+        run_dir = None
     run = pathlib.Path(run_dir) if run_dir is not None else None
     fresh = created = False
     if run is not None:
@@ -322,10 +348,16 @@ class Trainer:
                  progress: bool = False, log=print, log_every: int = 1):
         validate_config(cfg, n_items=data.n_items, model_cls=get_model_class(cfg["model"]))
         self.cfg = cfg
+        self.world, self.rank = _distributed()
+        if self.rank != 0:  # one process writes the run directory and the log
+            run_dir, log, progress = None, None, False
         self.log = log or (lambda *a, **k: None)
         self.log_every, self.progress = log_every, progress
         self.data = prepare_data(data, cfg)
         self.device = resolve_device(device)
+        if self.world > 1 and self.device.type == "cuda" and self.device.index is None:
+            import os
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         self.run = pathlib.Path(run_dir) if run_dir is not None else None
         seed_everything(cfg["seed"])
         t_build = time.perf_counter()
@@ -405,14 +437,17 @@ class Trainer:
         for users, pos, neg in tqdm(self.sampler.epoch(self.rng), total=len(self.sampler),
                                     desc=f"epoch {epoch}", leave=False,
                                     disable=not self.progress, dynamic_ncols=True):
-            u = torch.as_tensor(users, device=dev)
-            p = torch.as_tensor(pos, device=dev)
-            n = torch.as_tensor(neg, device=dev)
-            terms = net.loss(u, p, n)
-            loss = sum(terms.values())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if self.world > 1:
+                terms = self._parallel_step(users, pos, neg)
+            else:
+                u = torch.as_tensor(users, device=dev)
+                p = torch.as_tensor(pos, device=dev)
+                n = torch.as_tensor(neg, device=dev)
+                terms = net.loss(u, p, n)
+                loss = sum(terms.values())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             n_batches += 1
@@ -421,6 +456,52 @@ class Trainer:
         return {"epoch": epoch, "loss": sum(sums.values()) / n,
                 **{f"loss_{k}": v / n for k, v in sums.items()},
                 "train_seconds": round(time.perf_counter() - t0, 3)}
+
+    def _parallel_step(self, users, pos, neg) -> dict:
+        """One data-parallel step: every process draws the same global batch (same seed), takes
+        its share, and the gradients are summed over processes (``torch.distributed``), so the
+        step equals a single-process step on the global batch (float rounding aside).
+
+        A model whose ``data_parallel`` is "split" computes the loss of its share (its batch
+        terms are shares of the global value, its ``global_loss_terms`` count 1/world each); a
+        "replicate" model computes the whole global batch's loss on every process (exact, no
+        speed-up) and contributes 1/world of it. Returns the global value of each term.
+        """
+        import torch.distributed as dist
+        from ..models.layers import data_parallel
+        net, dev, world = self.net, self.device, self.world
+        split = getattr(net, "data_parallel", "replicate") == "split"
+        global_batch = len(users)
+        if split:
+            share = np.array_split(np.arange(len(users)), world)[self.rank]
+            users, pos, neg = users[share], pos[share], neg[share]
+        u = torch.as_tensor(users, device=dev)
+        p = torch.as_tensor(pos, device=dev)
+        n = torch.as_tensor(neg, device=dev)
+        if split:
+            with data_parallel(world, global_batch):
+                terms = net.loss(u, p, n)
+            glob = set(getattr(net, "global_loss_terms", ()))
+            terms = {k: v / world if k in glob else v for k, v in terms.items()}
+        else:
+            terms = {k: v / world for k, v in net.loss(u, p, n).items()}
+        loss = sum(terms.values())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [q for q in net.parameters() if q.requires_grad]
+        # a parameter no process has a gradient for stays without one (the optimiser skips it,
+        # as in a single process); the others are summed over processes
+        has = torch.tensor([q.grad is not None for q in params], dtype=torch.int32)
+        dist.all_reduce(has, op=dist.ReduceOp.MAX)
+        for q, h in zip(params, has.tolist()):
+            if h:
+                if q.grad is None:
+                    q.grad = torch.zeros_like(q)
+                dist.all_reduce(q.grad)
+        self.opt.step()
+        values = torch.stack([v.detach().reshape(()) for v in terms.values()])
+        dist.all_reduce(values)
+        return dict(zip(terms, values))
 
     def should_evaluate(self, epoch: int) -> bool:
         """Every ``eval_step`` epochs, and the last epoch of a run that never evaluated."""
