@@ -368,8 +368,26 @@ def stats(directory):
 @click.option("--seed", default=0, show_default=True)
 @click.option("--new-item-share", default=0.15, show_default=True,
               help="Share of new items (0-2 training rows each; listed in new_items.txt).")
-def synth(out, users, items, seed, new_item_share):
-    """Write the generated synthetic dataset in the standard format."""
+@click.option("--interactions", type=click.IntRange(min=50), default=None,
+              help="Scale generator (millions of users/items, bounded memory, see "
+                   "data/synthetic_scale.py): about this many interactions.")
+@click.option("--widths", default="512,384", show_default=True,
+              help="With --interactions: widths of image_feat and text_feat.")
+def synth(out, users, items, seed, new_item_share, interactions, widths):
+    """Write a generated synthetic dataset in the standard format."""
+    if interactions is not None:
+        from .data.synthetic_scale import write_synthetic_scale
+        try:
+            w_img, w_txt = (int(w) for w in widths.split(","))
+        except ValueError:
+            raise ConfigError(f"--widths {widths!r}: give two integers, e.g. 512,384") from None
+        path = write_synthetic_scale(out, users, items, interactions, seed,
+                                     modalities=(("image_feat", w_img, "relu"),
+                                                 ("text_feat", w_txt, "l2")),
+                                     log=lambda m: click.echo(m, err=True))
+        click.echo(f"wrote {path} ({users:,} users, {items:,} items, ~{interactions:,} "
+                   f"interactions, seed {seed})")
+        return
     from .data.synthetic import write_synthetic
     path = write_synthetic(out, users, items, seed, new_item_share=new_item_share)
     click.echo(f"wrote {path} ({users} users, {items} items, seed {seed})")
