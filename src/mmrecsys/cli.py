@@ -315,5 +315,51 @@ def cold_split_cmd(directory, out, share, seed):
                    f"their {r['heldout_rows_of_users_without_train']:,} held-out rows are written, "
                    f"and dropped with a warning when the folder is loaded")
 
+
+@data.command(name="prepare")
+@click.argument("interactions", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--name", default=None, help="Dataset name (default: OUT's folder name).")
+@click.option("--format", "fmt", default="auto", show_default=True,
+              type=click.Choice(["auto", "csv", "tsv", "jsonl", "amazon-ratings", "amazon-reviews"]),
+              help="auto: JSON lines, a delimited file with a header, or Amazon's headerless "
+                   "ratings CSV (user,item,rating,timestamp). Gzip is detected.")
+@click.option("--user-col", default=None, help="User column (default: user, userID, reviewerID…).")
+@click.option("--item-col", default=None, help="Item column (default: item, itemID, asin…).")
+@click.option("--rating-col", default=None, help="Rating column (default: rating, overall).")
+@click.option("--time-col", default=None, help="Timestamp column (default: timestamp, unixReviewTime).")
+@click.option("--columns", default=None, metavar="A,B,…",
+              help="Column names of a file without header, e.g. user,item,rating,timestamp.")
+@click.option("--kcore", default=5, show_default=True, help="Iterative k-core on users and items (0: none).")
+@click.option("--user-core", type=int, default=None, help="k of the users (default: --kcore).")
+@click.option("--item-core", type=int, default=None, help="k of the items (default: --kcore).")
+@click.option("--split", type=click.Choice(["random", "temporal", "leave-last-out"]), default="random",
+              show_default=True, help="random: MMRec's per-user split (seeded); temporal: global "
+              "timestamp quantiles 0.8/0.9; leave-last-out: each user's last two by time.")
+@click.option("--seed", default=999, show_default=True, help="Seed of the random split.")
+@click.option("--dedup", type=click.Choice(["triple", "pair"]), default="triple", show_default=True,
+              help="Drop duplicate (user, item, timestamp) rows (MMRec) or every repeated pair.")
+@click.pass_context
+def prepare_cmd(ctx, interactions, out, name, fmt, user_col, item_col, rating_col, time_col, columns,
+                kcore, user_core, item_core, split, seed, dedup):
+    """Raw interactions → a dataset folder, as MMRec's preprocessing: drop missing and duplicate
+    rows, iterative k-core, re-index by first appearance (u_id_mapping.csv, i_id_mapping.csv),
+    split; prepare.json records the source, the options and the counts of every step."""
+    import time
+    from .data import DataError
+    from .data.prepare import prepare
+    t0 = time.perf_counter()
+    try:
+        rep = prepare(interactions, out, name=name, fmt=fmt, user_col=user_col, item_col=item_col,
+                      rating_col=rating_col, time_col=time_col, columns=columns, kcore_k=kcore,
+                      user_k=user_core, item_k=item_core, split=split, seed=seed, dedup=dedup,
+                      log=click.echo)
+    except (DataError, OSError) as e:
+        _fail(str(e))
+    click.echo(f"wrote {out}: {', '.join(rep['files'])}, prepare.json "
+               f"({time.perf_counter() - t0:.1f} s)")
+    ctx.invoke(stats, directory=out)
+
+
 if __name__ == "__main__":
     main()
