@@ -236,3 +236,16 @@ def test_cli_prepare(tmp_path):
     r = CliRunner().invoke(main, ["data", "prepare", str(src), "--out", str(tmp_path / "e"),
                                   "--kcore", "500"])
     assert r.exit_code == 2 and "error:" in r.output and "Traceback" not in r.output
+
+
+def test_jsonl_missing_and_numeric_ids(tmp_path):
+    (tmp_path / "r.jsonl").write_text(
+        '{"user": 1, "item": 2.0, "timestamp": 5}\n{"user": null, "item": 3, "timestamp": 6}\n'
+        '\n{"user": NaN, "item": 3, "timestamp": 6}\n{"user": 2, "item": "3"}\n')
+    raw = read_interactions(tmp_path / "r.jsonl")
+    assert raw.user_ids == ["1", "2"] and raw.item_ids == ["2", "3"]
+    assert raw.users.tolist() == [0, -1, -1, 1] and raw.lines.tolist() == [1, 2, 4, 5]
+    np.testing.assert_array_equal(raw.timestamps, [5, 6, 6, np.nan])
+    with pytest.warns(UserWarning, match="1 users have no training interaction"):
+        rep = prepare(tmp_path / "r.jsonl", tmp_path / "o", kcore_k=0, split="leave-last-out")
+    assert [s["rows"] for s in rep["steps"][:2]] == [4, 1]

@@ -111,7 +111,7 @@ class _Interner:
         self.codes: dict[str, int] = {}
 
     def __call__(self, v) -> int:
-        if v is None:
+        if v is None or (isinstance(v, float) and not np.isfinite(v)):
             return -1
         s = v if isinstance(v, str) else (str(int(v)) if isinstance(v, float) and v == int(v)
                                            else str(v))
