@@ -38,6 +38,8 @@ class Recommender(nn.Module):
     train_defaults: ClassVar[dict[str, Any]] = {}
     #: dataset name -> overrides of hyperparameters and trainer settings (spec presets)
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: config key -> candidate values: the grid of the official code / paper (`mmrecsys sweep`)
+    search_space: ClassVar[dict[str, list]] = {}
     #: a model that needs at least one modality feature matrix
     requires_features: ClassVar[bool] = False
     #: behaviour a user should know of, printed by ``mmrecsys models NAME``

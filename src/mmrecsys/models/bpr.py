@@ -26,6 +26,8 @@ class BPR(Recommender):
     """
 
     name = "bpr"
+    # MMRec src/configs/model/BPR.yaml
+    search_space = {"reg_weight": [2.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5]}
 
     def __init__(self, data, cache=None, *, embedding_size: int = 64, reg_weight: float = 1e-4):
         super().__init__(data, cache)

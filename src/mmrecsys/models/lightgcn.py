@@ -29,6 +29,8 @@ class LightGCN(Recommender):
     """
 
     name = "lightgcn"
+    # MMRec src/configs/model/LightGCN.yaml
+    search_space = {"n_layers": [1, 2, 3, 4], "reg_weight": [1e-2, 1e-3, 1e-4, 1e-5, 1e-6]}
 
     def __init__(self, data, cache=None, *, embedding_size: int = 64, n_layers: int = 2,
                  reg_weight: float = 1e-4):
