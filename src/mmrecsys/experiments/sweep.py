@@ -174,8 +174,10 @@ def open_storage(url: str):
     optuna = _optuna()
     import warnings
     kw: dict[str, Any] = {}
-    if url.startswith("sqlite"):
+    sqlite = url.startswith("sqlite")
+    if sqlite:
         kw["engine_kwargs"] = {"connect_args": {"timeout": 120}}
+        _sqlite_wal(url)
     # Optuna 4.9 renamed the retry callback (the old name still works, with a FutureWarning)
     retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or \
         optuna.storages.RetryFailedTrialCallback
@@ -185,9 +187,12 @@ def open_storage(url: str):
                inspect.signature(optuna.storages.RDBStorage).parameters else "failed_trial_callback")
         for attempt in range(3):
             try:
-                return optuna.storages.RDBStorage(
+                storage = optuna.storages.RDBStorage(
                     url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
                     **{key: retry(max_retry=2)}, **kw)
+                if sqlite:
+                    _sqlite_sync_normal(storage)
+                return storage
             except ImportError as e:
                 raise ConfigError(f"storage {_safe_url(url)}: a database driver is missing "
                                   f"({e}); for PostgreSQL: pip install psycopg2-binary") from None
@@ -200,6 +205,37 @@ def open_storage(url: str):
                     continue
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
                 raise ConfigError(f"storage {_safe_url(url)} cannot be opened: {first}") from None
+
+
+def _sqlite_wal(url: str) -> None:
+    """Write-ahead logging for a study file (persistent): readers never block the writer, and
+    with synchronous=NORMAL a commit does not wait for the disk (a crash can lose the last
+    commits, never corrupt the file). Skipped for in-memory and unusual URLs."""
+    import sqlite3
+    path = url.split(":///", 1)[1] if ":///" in url else ""
+    if not path or path.startswith(":memory:") or "?" in path:
+        return
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        con = sqlite3.connect(path, timeout=120)
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+        finally:
+            con.close()
+    except sqlite3.Error:
+        pass  # e.g. a file system without shared memory: the default journal still works
+
+
+def _sqlite_sync_normal(storage) -> None:
+    engine = getattr(storage, "engine", None)
+    if engine is None:
+        return
+    from sqlalchemy import event
+
+    def on_connect(dbapi_con, _record):
+        dbapi_con.execute("PRAGMA synchronous=NORMAL")
+    event.listen(engine, "connect", on_connect)
+    engine.dispose()  # connections opened while creating the tables get the pragma too
 
 
 def _safe_url(url: str) -> str:
