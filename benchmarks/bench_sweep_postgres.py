@@ -229,8 +229,10 @@ def main(argv=None) -> int:
         else:
             cmds = [sweep_cmd(data, work / f"machine{i}", url, study, args.epochs, 1)
                     for i in (1, 2)]
-            procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True) for c in cmds]
+            # two "machines" sharing this one: one torch thread each (as --workers 2 sets)
+            procs = [subprocess.Popen(c, env=dict(env, OMP_NUM_THREADS="1"),
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                     for c in cmds]
             outs = [p.communicate()[0] for p in procs]
             for i, (p, o) in enumerate(zip(procs, outs)):
                 for line in o.strip().splitlines():

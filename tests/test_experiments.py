@@ -10,6 +10,7 @@ import pathlib
 import random
 import sys
 import types
+import warnings
 
 import pytest
 import torch
@@ -190,6 +191,38 @@ def test_interrupted_trial_is_queued_again_and_resumes_its_run(data_dir, tmp_pat
     assert len(_rows(pathlib.Path(trials[1].user_attrs["run"]["run_dir"]) / "history.csv")) == 4
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("trial-")) == [
         "trial-0000", "trial-0002"]
+
+
+def test_trial_of_a_dead_worker_is_failed_by_heartbeat_and_retried(data_dir, tmp_path,
+                                                                   monkeypatch):
+    out = tmp_path / "sweep"
+    space = {"n_layers": [1, 2, 3]}
+    sweep("lightgcn", str(data_dir), out, n_trials=1, space=space, overrides=FIXED, device="cpu")
+    done = _study(out).trials[0].params["n_layers"]
+    # a worker on "another machine" takes a trial, sends one heartbeat and dies
+    storage = sweep_mod.open_storage(f"sqlite:///{out.resolve()}/study.db")
+    study = optuna.load_study(study_name="lightgcn-tiny-grid", storage=storage)
+    orphan = next(v for v in space["n_layers"] if v != done)
+    study.enqueue_trial({"n_layers": orphan})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")       # "heartbeat is supposed to be used with optimize"
+        trial = study.ask()
+    trial.suggest_categorical("n_layers", space["n_layers"])
+    trial.set_user_attr("run", {"run_dir": "/elsewhere/trial-0001", "host": "elsewhere"})
+    storage.record_heartbeat(trial._trial_id)
+    monkeypatch.setattr(sweep_mod, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(sweep_mod, "GRACE_SECONDS", 2)
+    monkeypatch.setattr(sweep_mod, "POLL_SECONDS", 0.2)
+    events = []
+    sweep("lightgcn", str(data_dir), out, space=space, overrides=FIXED, device="cpu",
+          progress=events.append)
+    trials = _study(out).trials
+    states = {t.number: t.state.name for t in trials}
+    assert states[trial.number] == "FAIL"
+    complete = sorted(t.params["n_layers"] for t in trials if t.state.name == "COMPLETE")
+    assert complete == space["n_layers"]                    # each point once, the orphan's too
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == trial.number)
+    assert retry.state.name == "COMPLETE" and retry.params["n_layers"] == orphan
 
 
 def test_two_worker_processes_record_each_grid_point_once(data_dir, tmp_path):

@@ -51,6 +51,8 @@ SAMPLERS = ("grid", "tpe")
 #: a running trial writes a heartbeat this often; one silent for GRACE_SECONDS is failed
 HEARTBEAT_SECONDS = 20
 GRACE_SECONDS = 60
+#: how often a worker with nothing left to start checks the trials running elsewhere
+POLL_SECONDS = 2.0
 #: a worker stops after this many failed or skipped trials in a row
 MAX_FAILURES_IN_ROW = 3
 #: TPE's trial budget when none is given
@@ -526,11 +528,23 @@ def _work(ctx: _Context, worker: int, emit: Callable[[dict], None], study=None) 
     grid = ctx.spec["sampler"] == "grid"
     space = ctx.spec["space"]
     bad_in_row = 0
+    waiting = False
     while True:
         counts = _counts(study, space, grid)
         if not _more_to_do(counts, ctx.n_target):
+            if counts["running"]:
+                # other workers (here or elsewhere) still train: wait for them, so that this
+                # machine's outputs end complete, and take over a trial whose worker died
+                # (failed by the heartbeat check and queued again)
+                if not waiting:
+                    emit({"kind": "wait", "worker": worker, **counts})
+                    waiting = True
+                time.sleep(POLL_SECONDS)
+                _fail_stale_trials(study)
+                continue
             emit({"kind": "stop", "worker": worker, "reason": "done", **counts})
             return
+        waiting = False
         holder: dict = {}
         t0 = time.perf_counter()
         study.optimize(_objective(ctx, study, ds, holder, worker), n_trials=1,
@@ -630,6 +644,9 @@ def format_event(ev: dict) -> str:
                 f"{ev['seconds']:.1f}s{over}")
     if ev["kind"] == "stop":
         return f"worker {ev['worker']} stopped: {ev['reason']}"
+    if ev["kind"] == "wait":
+        return (f"worker {ev['worker']}: nothing left to start; waiting for {ev['running']} "
+                f"running trial(s)")
     if ev["kind"] == "start":
         size = (f"grid of {ev['grid_size']} settings" if ev["sampler"] == "grid" else "TPE")
         keys = " × ".join(ev["space"])
