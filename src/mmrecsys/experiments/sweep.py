@@ -16,9 +16,13 @@ Bookkeeping that keeps a study consistent across processes and machines:
 
 * ``n_trials`` is the number of finished (complete or pruned) trials the study should hold, not
   a number to add: re-running the same command after an interruption runs only what is missing.
-* A grid point whose trial failed (an interrupted process fails its running trial) is queued
-  again when a sweep starts. A trial left running by a killed process is failed by Optuna's
-  heartbeat after ``GRACE_SECONDS`` and queued again.
+* Parameters whose trial failed (an interrupted process fails its running trial) are queued
+  again when a sweep starts, with the failed trial's run directory: the new trial resumes it
+  (same machine and configuration). A trial left running by a killed process is failed by
+  Optuna's heartbeat check after ``GRACE_SECONDS`` and queued again the same way.
+* A worker with nothing left to start waits for the trials running elsewhere before it ends,
+  so that every machine's ``trials.csv``/``best.json`` end complete, and it takes over a dead
+  worker's trial once that is queued again.
 * The grid sampler gives trial number n the n-th point of one seeded permutation of the grid, so
   concurrent workers draw distinct points; a trial that still finds its parameters already
   trained or being trained (two workers racing at the very end) is skipped without training:
@@ -748,7 +752,8 @@ def sweep(model: str, data: str | Dataset = "synthetic", out="sweep", *,
     logger.info(format_event(start))
     emit(start)
     ctx = _Context(url, study_name, spec, prune,
-                   data if not isinstance(data, Dataset) or workers == 1 else ds, str(out),
+                   # in process: the loaded dataset; worker processes load a path themselves
+                   ds if workers == 1 or isinstance(data, Dataset) else data, str(out),
                    n_target, device, max(1, _cores() // workers) if workers > 1 else 0,
                    optuna.logging.get_verbosity())
     walls: list[float] = []
