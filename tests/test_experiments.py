@@ -266,6 +266,8 @@ def test_space_is_checked_before_training(data, tmp_path):
         sweep("lightgcn", data, tmp_path / "x", space=SPACE, overrides={"n_layers": 2})
     with pytest.raises(ConfigError, match="metric"):
         sweep("lightgcn", data, tmp_path / "x", space=SPACE, metric="recall@7")
+    with pytest.raises(ConfigError, match="--sampler tpe"):
+        sweep("lgmrec", data, tmp_path / "x")           # its official grid: 3,261,440 settings
     assert not (tmp_path / "x" / "study.db").exists()
 
 

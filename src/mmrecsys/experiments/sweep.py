@@ -59,6 +59,8 @@ GRACE_SECONDS = 60
 POLL_SECONDS = 2.0
 #: a worker stops after this many failed or skipped trials in a row
 MAX_FAILURES_IN_ROW = 3
+#: the largest grid searched exhaustively (Optuna's grid sampler lists every setting)
+MAX_GRID = 100_000
 #: TPE's trial budget when none is given
 DEFAULT_TPE_TRIALS = 20
 
@@ -316,12 +318,6 @@ def _point(t, keys) -> tuple | None:
     return tuple(repr(params[k]) for k in keys)
 
 
-def _grid_points(space: dict) -> list[dict]:
-    import itertools
-    keys = list(space)
-    return [dict(zip(keys, vals)) for vals in itertools.product(*space.values())]
-
-
 # ------------------------------------------------------------------------------ the study
 def _study_spec(model_cls, data: Dataset, space, sampler, metric, fixed, seed) -> dict:
     return _jsonable({"model": model_cls.name, "dataset": data.name,
@@ -392,9 +388,8 @@ def _counts(study, space: dict, grid: bool) -> dict:
            "waiting": by.get("WAITING", 0), "failed": by.get("FAIL", 0), "unvisited": None}
     if grid:
         keys = list(space)
-        seen = {_point(t, keys) for t in trials}
-        out["unvisited"] = sum(1 for p in _grid_points(space)
-                               if tuple(repr(p[k]) for k in keys) not in seen)
+        seen = {_point(t, keys) for t in trials} - {None}
+        out["unvisited"] = max(0, grid_size(space) - len(seen))
     return out
 
 
@@ -729,6 +724,11 @@ def sweep(model: str, data: str | Dataset = "synthetic", out="sweep", *,
         raise ConfigError(f"{', '.join(both)}: both searched and fixed (--set); drop one")
     if sampler == "grid":
         size = grid_size(space)
+        if size > MAX_GRID:
+            dims = " × ".join(f"{len(v)} {k}" for k, v in space.items())
+            raise ConfigError(f"the grid has {size:,} settings ({dims}); search it with "
+                              f"--sampler tpe --trials N, or give a smaller --space (at most "
+                              f"{MAX_GRID:,} settings)")
         n_target = size if n_trials is None else min(int(n_trials), size)
     else:
         n_target = DEFAULT_TPE_TRIALS if n_trials is None else int(n_trials)
