@@ -356,6 +356,15 @@ def test_cli_sweep_compare_plot(data_dir, tmp_path):
     r = CliRunner().invoke(main, ["sweep", "-m", "lightgcn", "-o", str(tmp_path / "z"),
                                   "--space", str(space), "--set", "n_layers=2"])
     assert r.exit_code == 2 and "both searched and fixed" in r.output
+    pytest.importorskip("tensorboard")
+    r = CliRunner().invoke(main, ["plot", str(run), "--out", str(tmp_path / "png"),
+                                  "--tensorboard", str(tmp_path / "tb")])
+    assert r.exit_code == 0, r.output
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert {"valid/recall@20", "train/loss", "test/recall@20"} <= set(acc.Tags()["scalars"])
+    assert len(acc.Scalars("valid/recall@20")) == 2
 
 
 # ---------------------------------------------------------------------------- PostgreSQL

@@ -562,12 +562,18 @@ def compare(more_models, models, datasets, seeds, out, baseline, bests, sets, me
 @click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
               help="Folder of the PNG files (default RUN_DIR/plots).")
 @click.option("--metric", default="recall@20", show_default=True)
-def plot(run_dir, out, metric):
+@click.option("--tensorboard", "tb", type=click.Path(file_okay=False), default=None,
+              help="Also write the history as TensorBoard scalars into this folder "
+                   "(needs the tensorboard package).")
+def plot(run_dir, out, metric, tb):
     """Draw a run's figures: loss and validation curves, test metric by user group, all vs
     new/cold items (PNG)."""
-    from .experiments.plots import plot_run
+    from .experiments.plots import plot_run, write_tensorboard
     for p in plot_run(run_dir, out, metric):
         click.echo(f"wrote {p}")
+    if tb:
+        click.echo(f"wrote TensorBoard logs to {write_tensorboard(run_dir, tb)} "
+                   f"(tensorboard --logdir {tb})")
 
 
 if __name__ == "__main__":

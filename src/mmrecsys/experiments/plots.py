@@ -208,3 +208,32 @@ def plot_run(run_dir, out=None, metric: str = "recall@20") -> list[pathlib.Path]
         if p is not None:
             paths.append(p)
     return paths
+
+
+def write_tensorboard(run_dir, logdir=None) -> pathlib.Path:
+    """A run's history as TensorBoard scalars (``loss*``, ``valid/<metric>``, ``seconds/*`` per
+    epoch; the best epoch's test metrics at that epoch), in ``logdir`` (default
+    RUN_DIR/tensorboard). Needs the ``tensorboard`` package."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("TensorBoard logs need tensorboard: pip install "
+                          "'mmrecsys[tensorboard]'") from None
+    run = pathlib.Path(run_dir)
+    metrics, history = read_run(run)
+    logdir = pathlib.Path(logdir) if logdir is not None else run / "tensorboard"
+    with SummaryWriter(log_dir=str(logdir)) as w:
+        for row in history:
+            step = int(row["epoch"])
+            for k, v in row.items():
+                if k == "epoch" or not isinstance(v, (int, float)):
+                    continue
+                tag = (f"valid/{k[len('valid_'):]}" if k.startswith("valid_") else
+                       f"seconds/{k[:-len('_seconds')]}" if k.endswith("_seconds") else
+                       f"train/{k}")
+                w.add_scalar(tag, float(v), step)
+        best = metrics.get("best_epoch")
+        for k, v in (metrics.get("test") or {}).items():
+            if best is not None and best >= 0:
+                w.add_scalar(f"test/{k}", float(v), int(best))
+    return logdir
