@@ -34,7 +34,7 @@ logger = logging.getLogger("mmrecsys")
 logger.addHandler(logging.NullHandler())
 
 #: keyword arguments of :func:`fit` that are not configuration keys
-_FIT_OPTIONS = ("out", "device", "progress", "config", "resume")
+_FIT_OPTIONS = ("out", "device", "progress", "config", "resume", "on_evaluate")
 
 
 class RecommendationWarning(UserWarning):
@@ -55,7 +55,8 @@ def load_dataset(path="synthetic", **kwargs) -> Dataset:
 
 
 def fit(data: Dataset | str, model: str = "lightgcn", *, out=None, device: str = "auto",
-        progress: bool = False, config: dict | str | None = None, **overrides) -> "TrainedModel":
+        progress: bool = False, config: dict | str | None = None, on_evaluate=None,
+        **overrides) -> "TrainedModel":
     """Train ``model`` on ``data`` with early stopping; return the trained model.
 
     Args:
@@ -65,6 +66,9 @@ def fit(data: Dataset | str, model: str = "lightgcn", *, out=None, device: str =
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         progress: show progress bars (tqdm).
         config: a mapping or YAML file of configuration keys (below the keyword overrides).
+        on_evaluate: optional ``f(epoch, valid_metrics)`` called after each evaluation (e.g. to
+            report to a hyperparameter search); an exception it raises stops training (the run
+            directory keeps its last checkpoint) and propagates.
         **overrides: configuration keys (``epochs=50``, ``seed=1``, ``lr=1e-3``, ...).
     """
     from .train.trainer import fit as _fit
@@ -72,7 +76,7 @@ def fit(data: Dataset | str, model: str = "lightgcn", *, out=None, device: str =
         data = load_dataset(data)
     file_cfg = load_yaml(config) if isinstance(config, (str, pathlib.Path)) else dict(config or {})
     res = _fit(data, model, overrides, run_dir=out, device=device, progress=progress,
-               log=logger.info, file_cfg=file_cfg)
+               log=logger.info, file_cfg=file_cfg, on_evaluate=on_evaluate)
     metrics = {k: v for k, v in res.items() if k not in ("history", "model", "config", "run_dir")}
     return TrainedModel(res["model"], data, res["config"], metrics, res["history"],
                         res["run_dir"])

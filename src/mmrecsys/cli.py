@@ -611,6 +611,142 @@ def features_cmd(directory, text_meta, text_model, text_fields, text_id_field, b
     except (DataError, OSError) as e:
         _fail(str(e))
     click.echo(f"provenance in {pathlib.Path(directory) / 'features.json'}")
+# ---------------------------------------------------------------------------- experiments
+def _quiet_optuna():
+    try:
+        import optuna
+    except ImportError:
+        _fail("sweeps need optuna: pip install 'mmrecsys[experiments]'")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@main.command()
+@click.option("--model", "-m", required=True, help="Model name (see `mmrecsys models`).")
+@click.option("--data", "-d", default=None, help="Dataset folder, or 'synthetic' (the default).")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
+              help="Sweep directory: study.db, trials.csv, best.json, one run directory per trial.")
+@click.option("--trials", "-n", "n_trials", type=click.IntRange(min=1), default=None,
+              help="Finished trials the study should hold (grid: at most and by default the grid's "
+                   "size; tpe: default 20). Re-running the command continues up to it.")
+@click.option("--space", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="YAML search space (key: [values]; tpe also key: {low, high, log}); default: "
+                   "the model's grid (its official yaml / paper).")
+@click.option("--sampler", type=click.Choice(["grid", "tpe"]), default="grid", show_default=True)
+@click.option("--storage", default=None,
+              help="Optuna storage URL (default sqlite:///OUT/study.db), e.g. "
+                   "postgresql+psycopg2://user:pass@host/db to share the study across machines.")
+@click.option("--study", "study_name", default=None,
+              help="Study name (default <model>-<dataset>-<sampler>).")
+@click.option("--workers", "-j", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Trial processes on this machine, sharing the study.")
+@click.option("--prune", is_flag=True, help="Stop hopeless trials early (median pruner on the "
+                                            "validation metric after each evaluation).")
+@click.option("--metric", default=None, help="Validation metric maximised (default: the model's "
+                                             "first valid_metrics, e.g. recall@20).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="A configuration key fixed for every trial (repeatable), e.g. epochs=60.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Sampler seed (grid order, TPE draws); the training seed is --set seed=S.")
+@click.option("--device", default="auto", show_default=True)
+def sweep(model, data, out, n_trials, space, sampler, storage, study_name, workers, prune, metric,
+          sets, seed, device):
+    """Hyperparameter sweep on Optuna; selects on the validation metric only.
+
+    Each trial trains with early stopping; its objective is the validation metric at its best
+    epoch. Writes OUT/trials.csv and OUT/best.json (test metrics recorded, never used to select).
+    Run the same command again to continue an interrupted sweep, or on another machine with the
+    same --storage (a PostgreSQL URL) to add workers to it.
+    """
+    from .experiments import format_event
+    from .experiments import sweep as run_sweep
+    _quiet_optuna()
+    dev = _resolve_device(device)
+    try:
+        best = run_sweep(model, data or "synthetic", out, n_trials=n_trials, space=space,
+                         sampler=sampler, storage=storage, study_name=study_name,
+                         workers=workers, prune=prune, metric=metric,
+                         overrides=parse_overrides(sets), device=str(dev), seed=seed,
+                         progress=lambda ev: click.echo(format_event(ev)))
+    except KeyboardInterrupt:
+        click.echo("interrupted: run the same command again to continue the sweep", err=True)
+        sys.exit(130)
+    if best is None:
+        click.echo(f"no trial has completed yet; {out}/trials.csv lists them")
+        return
+    params = " ".join(f"{k}={v}" for k, v in best["params"].items())
+    test = (best.get("test") or {}).get(best["metric"])
+    click.echo(f"best: trial {best['trial']} ({params}): valid {best['metric']} "
+               f"{best['value']:.4f} at epoch {best['best_epoch']}"
+               + ("" if test is None else f" (test {test:.4f}, not used to select)")
+               + f"; run {best['run_dir']}")
+    click.echo(f"wrote {pathlib.Path(out) / 'trials.csv'} and {pathlib.Path(out) / 'best.json'}")
+
+
+@main.command()
+@click.argument("more_models", nargs=-1, metavar="")
+@click.option("--models", "-m", multiple=True, required=True,
+              help="Models to compare: --models A B C (or A,B,C).")
+@click.option("--data", "-d", "datasets", multiple=True,
+              help="Dataset folder or 'synthetic' (repeatable; default synthetic).")
+@click.option("--seeds", "-s", default="5", show_default=True,
+              help="Number of seeds (1..N), or a list: 1,7,9.")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
+              help="Output directory: runs/, table.md, table.csv, plots/.")
+@click.option("--baseline", default=None,
+              help="Model the paired t-test compares the best one with (default: the best other).")
+@click.option("--best", "bests", multiple=True, type=click.Path(exists=True),
+              help="A sweep directory (or best.json) whose selection a model uses (repeatable).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="A configuration key for every run (repeatable), e.g. epochs=60.")
+@click.option("--metric", "metrics", multiple=True,
+              help="Table metrics (repeatable; default recall@10 recall@20 ndcg@10 ndcg@20).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--no-plots", is_flag=True, help="Write the table only.")
+def compare(more_models, models, datasets, seeds, out, baseline, bests, sets, metrics, device,
+            no_plots):
+    """Train (or reuse) models × datasets × seeds; write the table (mean ± std, best in bold,
+    relative improvement, paired t-test) and plots.
+
+    Each run uses its model's preset for the dataset, or the configuration a sweep selected
+    (--best DIR). Finished runs in OUT/runs are reused and interrupted ones resumed.
+    """
+    from .experiments import compare as run_compare
+    from .experiments.compare import DEFAULT_METRICS, _fmt_run
+    names = [n for m in (*models, *more_models) for n in m.split(",") if n]
+    dev = _resolve_device(device)
+    try:
+        res = run_compare(names, list(datasets) or ["synthetic"], seeds, out, baseline=baseline,
+                          best=bests, overrides=parse_overrides(sets),
+                          metrics=tuple(metrics) or DEFAULT_METRICS, device=str(dev),
+                          plots=not no_plots, progress=lambda ev: click.echo(_fmt_run(ev)))
+    except KeyboardInterrupt:
+        click.echo("interrupted: run the same command again to continue (finished runs are "
+                   "reused, the interrupted one resumed)", err=True)
+        sys.exit(130)
+    click.echo("")
+    click.echo(res["markdown"])
+    click.echo(f"wrote {res['table_md']}, {res['table_csv']}"
+               + "".join(f", {p}" for p in res["plots"]))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
+              help="Folder of the PNG files (default RUN_DIR/plots).")
+@click.option("--metric", default="recall@20", show_default=True)
+@click.option("--tensorboard", "tb", type=click.Path(file_okay=False), default=None,
+              help="Also write the history as TensorBoard scalars into this folder "
+                   "(needs the tensorboard package).")
+def plot(run_dir, out, metric, tb):
+    """Draw a run's figures: loss and validation curves, test metric by user group, all vs
+    new/cold items (PNG)."""
+    from .experiments.plots import plot_run, write_tensorboard
+    for p in plot_run(run_dir, out, metric):
+        click.echo(f"wrote {p}")
+    if tb:
+        click.echo(f"wrote TensorBoard logs to {write_tensorboard(run_dir, tb)} "
+                   f"(tensorboard --logdir {tb})")
+
 
 if __name__ == "__main__":
     main()

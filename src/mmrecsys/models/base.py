@@ -55,6 +55,8 @@ class Recommender(nn.Module):
     #: spellings and earlier names), e.g. ``{"embed_size": "embedding_dim"}``; resolved by
     #: :func:`mmrecsys.config.resolve_config` and :func:`mmrecsys.config.model_kwargs`
     aliases: ClassVar[dict[str, str]] = {}
+    #: config key -> candidate values: the grid of the official code / paper (`mmrecsys sweep`)
+    search_space: ClassVar[dict[str, list]] = {}
     #: a model that needs at least one modality feature matrix
     requires_features: ClassVar[bool] = False
     #: behaviour a user should know of, printed by ``mmrecsys models NAME``

@@ -261,6 +261,14 @@ class LGMRec(Recommender):
         "clothing": {"n_layers": 2, "n_mm_layers": 2, "n_hyper_layer": 2, "hyper_num": 64,
                      "keep_rate": 0.2, "alpha": 0.2},
     }
+    search_space = {  # official configs/model/LGMREC.yaml (commented grid)
+        "n_ui_layers": [1, 2, 3, 4], "n_mm_layers": [1, 2, 3, 4], "n_hyper_layer": [1, 2, 3, 4],
+        "hyper_num": [2, 4, 8, 16, 32, 64, 128, 256],
+        "keep_rate": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+        "alpha": [0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+        "cl_weight": [0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1],
+        "reg_weight": [0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1],
+    }
 
     def __init__(self, data, cache=None, *, embedding_dim: int = 64, n_layers: int = 2,
                  n_mm_layers: int = 2, n_hyper_layer: int = 1, hyper_num: int = 4,

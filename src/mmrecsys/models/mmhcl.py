@@ -207,6 +207,10 @@ class MMHCL(Recommender):
     _sports = {**_sports, "keep_users_without_train": True}
     presets = {"tiktok": _tiktok, "mmhcl-clothing": _clothing, "clothing": _clothing,
                "mmhcl-sports": _sports, "sports": _sports}
+    # the official README/parser state no grid: the values of the presets across datasets
+    search_space = {"regs": [1e-5, 1e-3], "knn_k": [5, 10], "user_layers": [2, 3],
+                    "user_loss_ratio": [0.03, 0.1, 0.3], "item_loss_ratio": [0.07, 0.7],
+                    "temperature": [0.4, 0.5, 0.6]}
 
     def __init__(self, data, cache=None, *, embedding_dim: int = 64, regs: float = 1e-3,
                  knn_k: int = 5, n_layers: int = 2, user_layers: int = 3, item_layers: int = 2,

@@ -430,6 +430,15 @@ class REARM(Recommender):
                      "item_knn_k": 10, "n_uu_layers": 1, "n_ii_layers": 1, "temperature": 0.03,
                      "cl_loss_weight": 1e-6, "diff_loss_weight": 1e-5},
     }
+    # the official README/parser state no grid: the values of the presets across datasets
+    search_space = {
+        "num_layer": [4, 5], "weight_decay": [1e-5, 5e-4, 0.05], "rank": [3, 7],
+        "s_drop": [0.4, 1.0], "m_drop": [0.1, 0.2, 0.6], "u_mm_image_weight": [0.0, 0.1, 0.2],
+        "i_mm_image_weight": [0.0, 0.1, 0.2], "uu_co_weight": [0.4, 0.7, 0.9],
+        "ii_co_weight": [0.1, 0.2], "user_knn_k": [25, 40, 45], "item_knn_k": [5, 10],
+        "n_uu_layers": [1, 2], "n_ii_layers": [1, 2], "cl_tmp": [0.03, 0.6, 1.5],
+        "cl_loss_weight": [1e-6, 5e-6, 1e-3], "diff_loss_weight": [1e-5, 5e-5, 5e-4],
+    }
 
     def __init__(self, data, cache=None, *, embedding_dim: int = 64, n_layers: int = 4,
                  rank: int = 3, s_drop: float = 0.4, m_drop: float = 0.6,

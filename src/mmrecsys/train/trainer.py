@@ -303,7 +303,7 @@ def _fmt(d: dict, keys=("recall@20", "ndcg@20")) -> str:
 def fit(data: Dataset, model: str | None = None, overrides: dict | None = None, run_dir=None,
         device: str | None = "cpu", progress: bool = False, config: dict | None = None,
         resume: bool = False, log=print, file_cfg: dict | None = None,
-        log_every: int = 1) -> dict[str, Any]:
+        log_every: int = 1, on_evaluate=None) -> dict[str, Any]:
     """Train a model with early stopping; return a summary dict.
 
     Either ``config`` (a resolved configuration, e.g. from a run directory) or ``model`` plus
@@ -313,6 +313,9 @@ def fit(data: Dataset, model: str | None = None, overrides: dict | None = None, 
     The run directory is accepted before anything is written to it: a directory holding files
     is refused unless ``resume``. A run that fails before its first checkpoint removes what it
     wrote (it could not be resumed). ``log_every``: print every n-th epoch line (0: none).
+    ``on_evaluate(epoch, valid_metrics)``: called after each evaluation, once the epoch's files
+    are written; an exception it raises stops the run (its run directory stays resumable from
+    the last checkpoint) and propagates.
     """
     if config is None:
         config = run_config(model, data, file_cfg, overrides)
@@ -325,6 +328,7 @@ def fit(data: Dataset, model: str | None = None, overrides: dict | None = None, 
     try:
         trainer = Trainer(data, config, run, device=device, progress=progress, log=log,
                           log_every=log_every)
+        trainer.on_evaluate = on_evaluate
         if resume and run is not None:
             trainer.resume()
         return trainer.fit()
@@ -376,6 +380,7 @@ class Trainer:
         self.finished = False
         self.fingerprint = self.data.fingerprint(with_features=True)
         self._resumed = False
+        self.on_evaluate = None  # optional callable(epoch, valid_metrics), after each evaluation
 
     # ------------------------------------------------------------------ resume
     def resume(self) -> None:
@@ -619,6 +624,8 @@ class Trainer:
             if self.run is not None and (self.finished
                                          or (epoch + 1) % cfg["checkpoint_every"] == 0):
                 self.checkpoint(epoch)
+            if self.on_evaluate is not None and "eval_seconds" in row:
+                self.on_evaluate(epoch, valid)
             if self.finished:
                 break
         bar.close()
