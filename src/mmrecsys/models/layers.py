@@ -14,8 +14,10 @@ An operator is a :class:`~mmrecsys.graphs.SparseGraph` or any module computing A
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
@@ -32,6 +34,17 @@ def emb_loss(*embeddings: torch.Tensor) -> torch.Tensor:
     """MMRec EmbLoss [quirk]: sum of *un-squared* Frobenius norms / rows of the last argument."""
     total = sum(torch.linalg.norm(e) for e in embeddings)
     return total / embeddings[-1].shape[0]
+
+
+def modality_weights(n_modalities: int, image_weight: float) -> list[float]:
+    """Weights of the modalities' item graphs: β for the first modality (the image features in
+    MMRec data: ``image_feat`` sorts before ``text_feat``), the rest (1 − β) shared equally;
+    one modality gets 1. The reference codes have two modalities, weighted (β, 1 − β)
+    (REARM's ``u/i_mm_image_weight``, FREEDOM's ``mm_image_weight``)."""
+    if n_modalities == 1:
+        return [1.0]
+    rest = (1.0 - image_weight) / (n_modalities - 1)
+    return [float(image_weight)] + [rest] * (n_modalities - 1)
 
 
 def _apply(op, x: torch.Tensor) -> torch.Tensor:
@@ -61,3 +74,42 @@ def propagate(op, x: torch.Tensor, n_layers: int, mean: bool = True,
         return torch.zeros_like(x)
     terms = n_layers + int(include_input)
     return out / terms if mean else out
+
+
+class FeatureTable(nn.Module):
+    """An item feature matrix X (N, D) read by rows: fixed, or a trainable parameter.
+
+    ``trainable=True`` is MMRec's ``nn.Embedding.from_pretrained(X, freeze=False)`` (BM3,
+    FREEDOM, LATTICE, …: the optimiser fine-tunes the raw features); the parameter is a copy,
+    so the dataset's arrays are never modified, and it is saved in the state dict. A fixed
+    table shares the dataset's memory and is not saved (it is rebuilt from the data).
+
+    Args:
+        x: the (N, D) features (array or tensor), stored as float32.
+        trainable: whether the optimiser trains the table. (default: ``True``)
+    """
+
+    def __init__(self, x, trainable: bool = True):
+        super().__init__()
+        t = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32))
+        self.trainable = bool(trainable)
+        if self.trainable:
+            self.weight = nn.Parameter(t.clone())
+        else:
+            self.register_buffer("weight", t, persistent=False)
+
+    @property
+    def shape(self):
+        return self.weight.shape
+
+    def forward(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """X[rows] (all rows when ``rows`` is None)."""
+        return self.weight if rows is None else self.weight.index_select(0, rows)
+
+    def reset(self, x) -> None:
+        """Restore the table to the features ``x``."""
+        with torch.no_grad():
+            self.weight.copy_(torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32)))
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, trainable={self.trainable}"
