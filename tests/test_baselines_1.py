@@ -438,3 +438,36 @@ def test_cli_train_reports_the_metrics_of_topk_test(name, tmp_path, monkeypatch)
     again = recompute_from_topk(run, load_dataset(d))
     for k, v in again.items():
         assert metrics["test"][k] == pytest.approx(v, abs=1e-6), k
+
+
+# ============================================================================ FeatureTable
+def test_feature_table_gradient_buffer_equals_autograd():
+    from mmrecsys.models.layers import FeatureTable
+    torch.manual_seed(0)
+    x = torch.randn(30, 7)
+    table = FeatureTable(x.numpy())
+    plain = torch.nn.Parameter(x.clone())
+    w = torch.randn(7, 3)
+
+    def step(rows):
+        (table(rows) @ w).square().sum().backward()
+        (plain.index_select(0, rows) @ w).square().sum().backward()
+
+    for it in range(4):                                  # set_to_none between steps (trainer)
+        table.weight.grad = plain.grad = None
+        step(torch.randint(0, 30, (6,)).unique())
+        torch.testing.assert_close(table.weight.grad, plain.grad)
+    step(torch.tensor([0, 29]))                          # accumulates as autograd does
+    torch.testing.assert_close(table.weight.grad, plain.grad)
+    buf = table.weight.grad
+    table.weight.grad.zero_()                            # zero_grad(set_to_none=False)
+    plain.grad.zero_()
+    step(torch.tensor([3, 4]))
+    torch.testing.assert_close(table.weight.grad, plain.grad)
+    table.weight.grad.add_(1.0)                          # modified by others in place ...
+    table.weight.grad = plain.grad = None                # ... then released
+    step(torch.tensor([5]))
+    torch.testing.assert_close(table.weight.grad, plain.grad)
+    assert table.weight.grad is buf                      # one buffer throughout
+    frozen = FeatureTable(x.numpy(), trainable=False)
+    assert not frozen.weight.requires_grad and "weight" not in frozen.state_dict()

@@ -46,8 +46,9 @@ tables; W_g and W_m xavier-normal, their biases torch's Linear default U(±1/√
 Exact reformulations for speed (the loss and every gradient are the same): the predictor and the
 projections are row-wise, so a step applies them only to the rows its batch reads (the code
 applies them to every user and item), the projection to each distinct batch item once; the
-target dropout of a modality is drawn on the distinct batch items, so repeated items share one
-mask as in the code.
+target dropout is drawn for the distinct users and items of the batch only (the code draws it
+on the full tables, then reads the batch rows: the same distribution, repeated rows sharing one
+mask).
 """
 from __future__ import annotations
 
@@ -159,21 +160,21 @@ class BM3(Recommender):
     def loss(self, users, pos, neg):
         h_u, h_i = self.forward()
         p = self.dropout
-        with torch.no_grad():  # targets: dropout on the full tables, as the code
-            t_u = F.dropout(h_u, p)[users]
-            t_i = F.dropout(h_i, p)[pos]
+        uniq_u, inv_u = torch.unique(users, return_inverse=True)
+        uniq_i, inv_i = torch.unique(pos, return_inverse=True)
+        with torch.no_grad():  # targets: one dropout mask per distinct row, as on the full tables
+            t_u = F.dropout(h_u[uniq_u], p)[inv_u]
+            t_i = F.dropout(h_i[uniq_i], p)[inv_i]
         u_on = self.predictor(h_u[users])
         i_on = self.predictor(h_i[pos])
         rec = cosine_loss(u_on, t_i) + cosine_loss(i_on, t_u)
         align = h_u.new_zeros(())
-        if self.modalities:
-            uniq, inv = torch.unique(pos, return_inverse=True)
-            for table, proj in zip(self.features, self.projections):
-                t = proj(table(uniq))                             # T_m of the distinct items
-                with torch.no_grad():
-                    t_tgt = F.dropout(t, p)[inv]
-                t_on = self.predictor(t)[inv]
-                align = align + cosine_loss(t_on, t_i) + cosine_loss(t_on, t_tgt)
+        for table, proj in zip(self.features, self.projections):
+            t = proj(table(uniq_i))                               # T_m of the distinct items
+            with torch.no_grad():
+                t_tgt = F.dropout(t, p)[inv_i]
+            t_on = self.predictor(t)[inv_i]
+            align = align + cosine_loss(t_on, t_i) + cosine_loss(t_on, t_tgt)
         return {"rec": rec, "reg": self.reg_weight * emb_loss(h_u, h_i),
                 "align": self.cl_weight * align}
 
