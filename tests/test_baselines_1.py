@@ -26,6 +26,13 @@ from mmrecsys.models.bm3 import BM3
 torch.set_default_dtype(torch.float32)
 
 
+@pytest.fixture(autouse=True)
+def _small_blocks(monkeypatch):
+    """Feature rows projected a few at a time, so that the tests cover the block loop."""
+    from mmrecsys.models import layers
+    monkeypatch.setattr(layers, "PROJECT_BLOCK_BYTES", 4 * 384 * 7)
+
+
 @pytest.fixture(scope="module")
 def data():
     return make_synthetic(n_users=60, n_items=40, seed=3)
@@ -87,7 +94,8 @@ def test_vbpr_concatenates_text_then_image(data):
     m = VBPR(data)
     assert list(data.features) == ["image_feat", "text_feat"]
     expect = np.concatenate([data.features["text_feat"], data.features["image_feat"]], 1)
-    assert np.array_equal(m.item_features.numpy(), expect)
+    assert np.array_equal(m.item_features.weight.numpy(), expect)
+    assert not m.item_features.weight.requires_grad          # the features are not trained
     assert m.user_embedding.shape == (data.n_users, 128) and m.item_embedding.shape == (data.n_items, 64)
 
 
@@ -471,3 +479,31 @@ def test_feature_table_gradient_buffer_equals_autograd():
     assert table.weight.grad is buf                      # one buffer throughout
     frozen = FeatureTable(x.numpy(), trainable=False)
     assert not frozen.weight.requires_grad and "weight" not in frozen.state_dict()
+
+
+@pytest.mark.parametrize("trainable,bias", [(True, True), (False, True), (True, False)])
+def test_feature_table_project_equals_linear_of_rows(trainable, bias, monkeypatch):
+    from mmrecsys.models import layers
+    monkeypatch.setattr(layers, "PROJECT_BLOCK_BYTES", 4 * 7 * 4)      # blocks of 4 rows
+    torch.manual_seed(0)
+    x = torch.randn(30, 7)
+    table = layers.FeatureTable(x.numpy(), trainable=trainable)
+    lin = torch.nn.Linear(7, 5, bias=bias)
+    plain = torch.nn.Parameter(x.clone(), requires_grad=trainable)
+    rows = torch.tensor([3, 3, 0, 29, 7, 8, 9, 10, 11, 3, 5])          # repeated rows, 3 blocks
+    up = torch.randn(len(rows), 5)
+    y = table.project(lin, rows)
+    (y * up).sum().backward()
+    got = {k: p.grad.clone() for k, p in lin.named_parameters()}
+    if trainable:
+        got["x"] = table.weight.grad.clone()
+    lin.zero_grad()
+    y_ref = lin(plain[rows])
+    (y_ref * up).sum().backward()
+    torch.testing.assert_close(y, y_ref)
+    for k, p in lin.named_parameters():
+        torch.testing.assert_close(got[k], p.grad)
+    if trainable:
+        torch.testing.assert_close(got["x"], plain.grad)
+    with torch.no_grad():                                               # all rows, inference
+        torch.testing.assert_close(table.project(lin), lin(x))

@@ -45,7 +45,8 @@ tables; W_g and W_m xavier-normal, their biases torch's Linear default U(±1/√
 
 Exact reformulations for speed (the loss and every gradient are the same): the predictor and the
 projections are row-wise, so a step applies them only to the rows its batch reads (the code
-applies them to every user and item), the projection to each distinct batch item once; the
+applies them to every user and item), the projection to each distinct batch item once (its
+feature rows gathered block by block, :meth:`~mmrecsys.models.layers.FeatureTable.project`); the
 target dropout is drawn for the distinct users and items of the batch only (the code draws it
 on the full tables, then reads the batch rows: the same distribution, repeated rows sharing one
 mask).
@@ -170,7 +171,7 @@ class BM3(Recommender):
         rec = cosine_loss(u_on, t_i) + cosine_loss(i_on, t_u)
         align = h_u.new_zeros(())
         for table, proj in zip(self.features, self.projections):
-            t = proj(table(uniq_i))                               # T_m of the distinct items
+            t = table.project(proj, uniq_i)                       # T_m of the distinct items
             with torch.no_grad():
                 t_tgt = F.dropout(t, p)[inv_i]
             t_on = self.predictor(t)[inv_i]

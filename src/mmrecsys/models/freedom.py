@@ -55,7 +55,8 @@ every item here, NaN in the code) and are cached; the code builds the dense I ×
 The pruned graph is sampled and normalised with vectorised sparse operations.
 
 Exact reformulations for speed: the projections are row-wise, so a step projects only the
-distinct items of its batch (the code projects every item at every step); with λ = 0 the
+distinct items of its batch (the code projects every item at every step), their feature rows
+gathered block by block (:meth:`~mmrecsys.models.layers.FeatureTable.project`); with λ = 0 the
 modality terms are skipped (their gradients are exactly 0, so Adam leaves those parameters
 unchanged, as in the code).
 """
@@ -230,7 +231,7 @@ class FREEDOM(Recommender):
             b = len(pos)
             mm = u.new_zeros(())
             for table, proj in zip(self.features, self.projections):
-                t = proj(table(uniq))[inv]
+                t = table.project(proj, uniq)[inv]
                 mm = mm + bpr_logsigmoid((u * t[:b]).sum(1), (u * t[b:]).sum(1))
             out["mm_bpr"] = self.reg_weight * mm
         return out

@@ -92,6 +92,47 @@ class _GatherRows(torch.autograd.Function):
         return None, None, None
 
 
+#: bytes of feature rows gathered at a time by :meth:`FeatureTable.project` (below glibc's
+#: largest mmap threshold, 32 MB, so the blocks are reused heap memory, not fresh pages)
+PROJECT_BLOCK_BYTES = 4 << 20
+
+
+class _ProjectRows(torch.autograd.Function):
+    """Y = X[rows] Wᵀ + b, X[rows] gathered block by block (never all at once); the backward
+    pass gathers the blocks again for ∂W = Gᵀ X[rows] and, for a trainable table, writes
+    ∂X[rows] = G W into the table's gradient buffer."""
+
+    @staticmethod
+    def forward(ctx, weight, bias, table_weight, rows, table, block):
+        out = table_weight.new_empty((len(rows), weight.shape[0]))
+        w_t = weight.t()
+        for s in range(0, len(rows), block):
+            x = table_weight.index_select(0, rows[s:s + block])
+            if bias is None:
+                torch.mm(x, w_t, out=out[s:s + block])
+            else:
+                torch.addmm(bias, x, w_t, out=out[s:s + block])
+        ctx.table, ctx.block, ctx.has_bias = table, block, bias is not None
+        ctx.save_for_backward(weight, table_weight, rows)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, table_weight, rows = ctx.saved_tensors
+        need_w, need_b, need_x = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        grad = grad.contiguous()
+        grad_w = torch.zeros_like(weight) if need_w else None
+        grad_b = grad.sum(0) if need_b and ctx.has_bias else None
+        if need_w or need_x:
+            for s in range(0, len(rows), ctx.block):
+                r, g = rows[s:s + ctx.block], grad[s:s + ctx.block]
+                if need_w:
+                    grad_w.addmm_(g.t(), table_weight.index_select(0, r))
+                if need_x:
+                    ctx.table._accumulate_grad(r, g @ weight)
+        return grad_w, grad_b, None, None, None, None
+
+
 class FeatureTable(nn.Module):
     """An item feature matrix X (N, D) read by rows: fixed, or a trainable parameter.
 
@@ -138,6 +179,17 @@ class FeatureTable(nn.Module):
         if self.trainable and torch.is_grad_enabled() and self.weight.requires_grad:
             return _GatherRows.apply(self.weight, rows, self)
         return self.weight.index_select(0, rows)
+
+    def project(self, linear: nn.Linear, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``linear(X[rows])`` (all rows when ``rows`` is None), with the gathered rows taken
+        :data:`PROJECT_BLOCK_BYTES` at a time: no (len(rows), D) copy of the features is held,
+        in the forward pass or for the backward one (which gathers the blocks again). The
+        gradients are those of ``linear(X[rows])``: to the layer, and to X's rows when the
+        table is trainable (into its gradient buffer)."""
+        if rows is None:
+            rows = torch.arange(self.weight.shape[0], device=self.weight.device)
+        block = max(1, PROJECT_BLOCK_BYTES // (4 * max(1, self.weight.shape[1])))
+        return _ProjectRows.apply(linear.weight, linear.bias, self.weight, rows, self, block)
 
     def _accumulate_grad(self, rows: torch.Tensor, grad: torch.Tensor) -> None:
         w, buf = self.weight, self._grad

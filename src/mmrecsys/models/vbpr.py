@@ -25,8 +25,9 @@ file name, ``image_feat`` then ``text_feat``), which gives the code's ``torch.ca
 v_feat))``; with one modality f_i is its features.
 
 Exact reformulation for speed: a training step projects only the distinct items of its batch
-(the code projects every item at every step); the scores, the loss and every gradient are the
-same, since the projection is row-wise.
+(the code projects every item at every step), gathering their feature rows block by block
+(:meth:`~mmrecsys.models.layers.FeatureTable.project`); the scores, the loss and every gradient
+are the same, since the projection is row-wise.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ import torch
 from torch import nn
 
 from .base import Recommender
-from .layers import bpr_loss, emb_loss
+from .layers import FeatureTable, bpr_loss, emb_loss
 
 
 class VBPR(Recommender):
@@ -63,8 +64,7 @@ class VBPR(Recommender):
         self.reg_weight = reg_weight
         self.modalities = list(data.features)
         feats = [np.asarray(data.features[m], dtype=np.float32) for m in reversed(self.modalities)]
-        self.register_buffer("item_features", torch.from_numpy(np.ascontiguousarray(np.concatenate(feats, 1))),
-                             persistent=False)
+        self.item_features = FeatureTable(np.concatenate(feats, 1), trainable=False)   # f_i, fixed
         self.user_embedding = nn.Parameter(torch.empty(self.n_users, 2 * embedding_dim))
         self.item_embedding = nn.Parameter(torch.empty(self.n_items, embedding_dim))
         # built without drawing (skip_init): reset_parameters draws every initial value
@@ -81,9 +81,9 @@ class VBPR(Recommender):
 
     def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """q_i = [γ_i; W f_i + b] for ``items`` (default: all), (·, 2d)."""
-        if items is None:
-            return torch.cat([self.item_embedding, self.item_linear(self.item_features)], 1)
-        return torch.cat([self.item_embedding[items], self.item_linear(self.item_features[items])], 1)
+        content = self.item_features.project(self.item_linear, items)          # W f_i + b
+        return torch.cat([self.item_embedding if items is None else self.item_embedding[items],
+                          content], 1)
 
     def loss(self, users, pos, neg):
         uniq, inv = torch.unique(torch.cat([pos, neg]), return_inverse=True)
