@@ -40,7 +40,7 @@ MODELS: dict[str, type["Recommender"]] = {}
 _NO_CACHE = GraphCache(None)
 #: built-in models: registry name -> module of this package (imported on first use)
 BUILTIN = {"bpr": "bpr", "lightgcn": "lightgcn", "lgmrec": "lgmrec", "mmhcl": "mmhcl",
-           "rearm": "rearm"}
+           "rearm": "rearm", "vbpr": "vbpr", "bm3": "bm3", "freedom": "freedom"}
 
 
 class Recommender(nn.Module):
@@ -55,7 +55,8 @@ class Recommender(nn.Module):
     #: spellings and earlier names), e.g. ``{"embed_size": "embedding_dim"}``; resolved by
     #: :func:`mmrecsys.config.resolve_config` and :func:`mmrecsys.config.model_kwargs`
     aliases: ClassVar[dict[str, str]] = {}
-    #: config key -> candidate values: the grid of the official code / paper (`mmrecsys sweep`)
+    #: hyperparameter -> the values its authors' grid search tries (e.g. the ``hyper_parameters``
+    #: grid of the model's MMRec yaml), in canonical key names; read by sweeps
     search_space: ClassVar[dict[str, list]] = {}
     #: a model that needs at least one modality feature matrix
     requires_features: ClassVar[bool] = False

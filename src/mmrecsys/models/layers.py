@@ -18,8 +18,10 @@ import contextlib
 import contextvars
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 # ----------------------------------------------------------------------- data parallelism
@@ -83,6 +85,17 @@ def emb_loss(*embeddings: torch.Tensor) -> torch.Tensor:
     return squares.sqrt().sum() / dp.global_batch / dp.world
 
 
+def modality_weights(n_modalities: int, image_weight: float) -> list[float]:
+    """Weights of the modalities' item graphs: β for the first modality (the image features in
+    MMRec data: ``image_feat`` sorts before ``text_feat``), the rest (1 − β) shared equally;
+    one modality gets 1. The reference codes have two modalities, weighted (β, 1 − β)
+    (REARM's ``u/i_mm_image_weight``, FREEDOM's ``mm_image_weight``)."""
+    if n_modalities == 1:
+        return [1.0]
+    rest = (1.0 - image_weight) / (n_modalities - 1)
+    return [float(image_weight)] + [rest] * (n_modalities - 1)
+
+
 def _apply(op, x: torch.Tensor) -> torch.Tensor:
     return op(x) if isinstance(op, torch.nn.Module) else torch.sparse.mm(op, x)
 
@@ -110,3 +123,145 @@ def propagate(op, x: torch.Tensor, n_layers: int, mean: bool = True,
         return torch.zeros_like(x)
     terms = n_layers + int(include_input)
     return out / terms if mean else out
+
+
+class _GatherRows(torch.autograd.Function):
+    """X[rows] whose backward adds the rows' gradient into the table's reusable buffer."""
+
+    @staticmethod
+    def forward(ctx, weight, rows, table):
+        ctx.table = table
+        ctx.save_for_backward(rows)
+        return weight.index_select(0, rows)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (rows,) = ctx.saved_tensors
+        ctx.table._accumulate_grad(rows, grad)
+        return None, None, None
+
+
+#: bytes of feature rows gathered at a time by :meth:`FeatureTable.project` (below glibc's
+#: largest mmap threshold, 32 MB, so the blocks are reused heap memory, not fresh pages)
+PROJECT_BLOCK_BYTES = 4 << 20
+
+
+class _ProjectRows(torch.autograd.Function):
+    """Y = X[rows] Wᵀ + b, X[rows] gathered block by block (never all at once); the backward
+    pass gathers the blocks again for ∂W = Gᵀ X[rows] and, for a trainable table, writes
+    ∂X[rows] = G W into the table's gradient buffer."""
+
+    @staticmethod
+    def forward(ctx, weight, bias, table_weight, rows, table, block):
+        out = table_weight.new_empty((len(rows), weight.shape[0]))
+        w_t = weight.t()
+        for s in range(0, len(rows), block):
+            x = table_weight.index_select(0, rows[s:s + block])
+            if bias is None:
+                torch.mm(x, w_t, out=out[s:s + block])
+            else:
+                torch.addmm(bias, x, w_t, out=out[s:s + block])
+        ctx.table, ctx.block, ctx.has_bias = table, block, bias is not None
+        ctx.save_for_backward(weight, table_weight, rows)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, table_weight, rows = ctx.saved_tensors
+        need_w, need_b, need_x = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        grad = grad.contiguous()
+        grad_w = torch.zeros_like(weight) if need_w else None
+        grad_b = grad.sum(0) if need_b and ctx.has_bias else None
+        if need_w or need_x:
+            for s in range(0, len(rows), ctx.block):
+                r, g = rows[s:s + ctx.block], grad[s:s + ctx.block]
+                if need_w:
+                    grad_w.addmm_(g.t(), table_weight.index_select(0, r))
+                if need_x:
+                    ctx.table._accumulate_grad(r, g @ weight)
+        return grad_w, grad_b, None, None, None, None
+
+
+class FeatureTable(nn.Module):
+    """An item feature matrix X (N, D) read by rows: fixed, or a trainable parameter.
+
+    ``trainable=True`` is MMRec's ``nn.Embedding.from_pretrained(X, freeze=False)`` (BM3,
+    FREEDOM, LATTICE, …: the optimiser fine-tunes the raw features); the parameter is a copy,
+    so the dataset's arrays are never modified, and it is saved in the state dict. A fixed
+    table shares the dataset's memory and is not saved (it is rebuilt from the data).
+
+    Gradient of a trainable table read by rows (``table(rows)``): it is the dense (N, D) matrix
+    autograd would produce (zero outside the rows read), but written into one buffer kept
+    between steps instead of a freshly allocated one per step. On a 4096-wide table of a few
+    thousand items that allocation (page faults of a ~100 MB block) costs as much as the rows'
+    products. When ``weight.grad`` is None (``zero_grad(set_to_none=True)``, the trainer's)
+    the buffer becomes the gradient again after the rows written since are zeroed (all of it
+    if anything else modified it in place); an existing gradient is accumulated into, as
+    autograd does. Reading the whole table (``table()``) uses plain autograd.
+
+    Args:
+        x: the (N, D) features (array or tensor), stored as float32.
+        trainable: whether the optimiser trains the table. (default: ``True``)
+    """
+
+    def __init__(self, x, trainable: bool = True):
+        super().__init__()
+        t = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32))
+        self.trainable = bool(trainable)
+        if self.trainable:
+            self.weight = nn.Parameter(t.clone())
+        else:
+            self.register_buffer("weight", t, persistent=False)
+        self._grad: torch.Tensor | None = None   # the reusable gradient buffer
+        self._grad_version = -1                  # its version after our last write
+        self._written: list[torch.Tensor] = []   # rows written since it was last cleared
+        self._dirty = False                      # modified by others: clear all of it
+
+    @property
+    def shape(self):
+        return self.weight.shape
+
+    def forward(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """X[rows] (all rows when ``rows`` is None)."""
+        if rows is None:
+            return self.weight
+        if self.trainable and torch.is_grad_enabled() and self.weight.requires_grad:
+            return _GatherRows.apply(self.weight, rows, self)
+        return self.weight.index_select(0, rows)
+
+    def project(self, linear: nn.Linear, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``linear(X[rows])`` (all rows when ``rows`` is None), with the gathered rows taken
+        :data:`PROJECT_BLOCK_BYTES` at a time: no (len(rows), D) copy of the features is held,
+        in the forward pass or for the backward one (which gathers the blocks again). The
+        gradients are those of ``linear(X[rows])``: to the layer, and to X's rows when the
+        table is trainable (into its gradient buffer)."""
+        if rows is None:
+            rows = torch.arange(self.weight.shape[0], device=self.weight.device)
+        block = max(1, PROJECT_BLOCK_BYTES // (4 * max(1, self.weight.shape[1])))
+        return _ProjectRows.apply(linear.weight, linear.bias, self.weight, rows, self, block)
+
+    def _accumulate_grad(self, rows: torch.Tensor, grad: torch.Tensor) -> None:
+        w, buf = self.weight, self._grad
+        if w.grad is None:
+            if buf is None or buf.shape != w.shape or buf.device != w.device or buf.dtype != w.dtype:
+                buf = self._grad = torch.zeros_like(w)
+            elif self._dirty or buf._version != self._grad_version:
+                buf.zero_()
+            elif self._written:
+                buf.index_fill_(0, torch.unique(torch.cat(self._written)), 0.0)
+            self._written, self._dirty = [], False
+            w.grad = buf
+        elif w.grad is buf and buf._version != self._grad_version:
+            self._dirty = True                   # e.g. zero_grad(set_to_none=False), clipping
+        w.grad.index_add_(0, rows, grad.to(w.grad.dtype))
+        if w.grad is buf:
+            self._written.append(rows)
+            self._grad_version = buf._version
+
+    def reset(self, x) -> None:
+        """Restore the table to the features ``x``."""
+        with torch.no_grad():
+            self.weight.copy_(torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32)))
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, trainable={self.trainable}"

@@ -90,7 +90,7 @@ from ..graphs import SparseGraph, normalized_adjacency
 from ..graphs.cooccurrence import (item_cooccurrence_graph, similarity_graph,
                                    user_cooccurrence_graph, user_interest_features, weighted_sum)
 from .base import Recommender
-from .layers import power, propagate
+from .layers import modality_weights, power, propagate
 
 _EPS_NORM = 1e-12
 BUILDER_VERSION = 1
@@ -102,14 +102,6 @@ def _array_hash(*arrays) -> str:
     for a in arrays:
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()[:16]
-
-
-def modality_weights(n_modalities: int, image_weight: float) -> list[float]:
-    """β for the first modality (image), the rest (1 − β) shared equally (the code has two)."""
-    if n_modalities == 1:
-        return [1.0]
-    rest = (1.0 - image_weight) / (n_modalities - 1)
-    return [float(image_weight)] + [rest] * (n_modalities - 1)
 
 
 def rearm_homographs(data, *, user_k: int, item_k: int, uu_co_weight: float, ii_co_weight: float,

@@ -1,0 +1,148 @@
+"""Seconds per training epoch, seconds per evaluation pass and peak memory of one model on a
+real split with proxy features (default Baby), optionally beside a recorded reference run.
+
+    python benchmarks/bench_baselines_speed.py --model NAME [--dataset baby] [--ref FILE]
+                                               [--epochs 2] [--steps N] [--set k=v ...]
+
+Proxy features (``benchmarks/common.py`` ``proxy_dataset``: image 4096-d, text 384-d) stand in
+for the real ones; every figure is labelled so. Runs with 2 torch threads (``--threads``).
+
+* model build: construction with a cold graph cache (a fresh temporary cache folder), graphs
+  included;
+* s/epoch: the trainer's ``train_epoch`` (``pre_epoch`` + every batch + scheduler) for
+  ``--epochs`` epochs after one warm-up epoch; ``--steps N`` times N batches instead and
+  extrapolates to a full epoch (labelled "extrapolated");
+* evaluation pass: validation and test ranking with all metrics, as the trainer's evaluation
+  after an improving epoch (one ranking serves both splits when their masks are equal);
+* peak RSS of the process (``ru_maxrss``) after each phase.
+
+``--ref FILE`` reads a reference timing record (keys ``hyperparameters``, ``seconds_per_epoch``
+or ``epoch_seconds_full_estimate``, ``eval_seconds``, ``peak_rss_mb``) and uses its
+hyperparameters, so both sides train the same configuration.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from bench_parity import map_hyperparameters  # noqa: E402
+from common import peak_rss_gb, proxy_dataset  # noqa: E402
+
+from mmrecsys.config import parse_overrides, run_config  # noqa: E402
+from mmrecsys.data import load_dataset  # noqa: E402
+from mmrecsys.models import get_model_class  # noqa: E402
+from mmrecsys.train.trainer import EpochEvaluator, Trainer  # noqa: E402
+
+
+def load() -> str:
+    return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--dataset", default="baby")
+    ap.add_argument("--ref", type=pathlib.Path, default=None)
+    ap.add_argument("--epochs", type=int, default=2, help="timed epochs after one warm-up")
+    ap.add_argument("--steps", type=int, default=None, help="time N batches per epoch and extrapolate")
+    ap.add_argument("--no-warmup", action="store_true")
+    ap.add_argument("--eval-passes", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--set", dest="sets", action="append", default=[])
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"start: {load()}")
+
+    data = load_dataset(proxy_dataset(args.dataset))
+    print(f"{data!r} (proxy features)")
+    cls = get_model_class(args.model)
+    overrides, ref = {}, None
+    if args.ref:
+        ref = json.loads(args.ref.read_text())
+        overrides, ignored = map_hyperparameters(cls, ref["hyperparameters"])
+        if ignored:
+            print(f"reference keys ignored: {', '.join(ignored)}")
+    overrides.update(parse_overrides(args.sets))
+    with tempfile.TemporaryDirectory() as cache:
+        cfg = run_config(args.model, data, None, {**overrides, "cache_dir": cache, "epochs": 1000})
+        t0 = time.perf_counter()
+        trainer = Trainer(data, cfg, None, log=lambda *a, **k: None)
+        build = time.perf_counter() - t0
+    net = trainer.net
+    print(f"hyperparameters: " + ", ".join(f"{k}={cfg[k]!r}" for k in cls.hyperparameters()))
+    print(f"model build {build:.2f}s (graphs {dict((k, round(v, 2)) for k, v in net.graph_seconds.items())}); "
+          f"peak RSS {peak_rss_gb():.2f} GB")
+
+    n_batches = len(trainer.sampler)
+    if args.steps:  # time N batches and extrapolate
+        sampler = trainer.sampler
+        full_epoch = sampler.epoch
+
+        def short_epoch(rng):
+            for b, item in enumerate(full_epoch(rng)):
+                if b >= args.steps:
+                    return
+                yield item
+        sampler.epoch = short_epoch
+    times = []
+    for e in range(args.epochs + (0 if args.no_warmup else 1)):
+        row = trainer.train_epoch(e)
+        secs = row["train_seconds"] * (n_batches / min(args.steps, n_batches) if args.steps else 1.0)
+        print(f"epoch {e}: {row['train_seconds']:.2f}s"
+              + (f" for {min(args.steps, n_batches)} of {n_batches} batches, {secs:.2f}s extrapolated"
+                 if args.steps else "") + f", loss {row['loss']:.4f}"
+              + (" (warm-up)" if e == 0 and not args.no_warmup else "") + f"  [{load()}]")
+        if e > 0 or args.no_warmup:
+            times.append(secs)
+    s_epoch = statistics.median(times)
+    print(f"peak RSS after training {peak_rss_gb():.2f} GB")
+
+    evals = []
+    for p in range(args.eval_passes):
+        t0 = time.perf_counter()
+        ev = EpochEvaluator(net, trainer.data, cfg, p, trainer.device)
+        v = ev("valid").metrics
+        t = ev("test", keep_topk=True).metrics
+        evals.append(time.perf_counter() - t0)
+    s_eval = min(evals)
+    print(f"evaluation pass (valid + test): {', '.join(f'{x:.2f}s' for x in evals)}; valid recall@20 "
+          f"{v['recall@20']:.4f}, test recall@20 {t['recall@20']:.4f}")
+    rss = peak_rss_gb()
+    label = f"{'extrapolated from ' + str(args.steps) + ' batches' if args.steps else 'full epochs'}"
+    print(f"\n{args.model} on {args.dataset} (proxy features), {args.threads} threads, {label}:")
+    print(f"{'':24}{'ours':>12}" + (f"{'reference':>12}{'speed-up':>10}" if ref else ""))
+    rows = [("s / epoch", s_epoch, None), ("s / eval (valid+test)", s_eval, None),
+            ("peak RSS (GB)", rss, None)]
+    if ref:
+        ref_epoch = ref.get("epoch_seconds_full_estimate") or ref.get("seconds_per_epoch")
+        if isinstance(ref_epoch, list):
+            ref_epoch = statistics.median(ref_epoch)
+        ref_eval = ref.get("eval_seconds")
+        if isinstance(ref_eval, list):
+            ref_eval = statistics.median(ref_eval)
+        ref_rss = ref.get("peak_rss_mb")
+        if isinstance(ref_rss, dict):
+            ref_rss = max(ref_rss.values())
+        rows = [("s / epoch", s_epoch, ref_epoch), ("s / eval (valid+test)", s_eval, ref_eval),
+                ("peak RSS (GB)", rss, ref_rss / 1024 if ref_rss else None)]
+    for name, o, r in rows:
+        line = f"{name:24}{o:12.2f}"
+        if ref:
+            line += f"{r:12.2f}" if r is not None else f"{'-':>12}"
+            if r is not None and name != "peak RSS (GB)":
+                line += f"{r / o:9.1f}x"
+        print(line)
+    print(f"end: {load()}")
+
+
+if __name__ == "__main__":
+    main()
