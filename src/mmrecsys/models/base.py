@@ -29,6 +29,7 @@ import re
 import time
 from typing import Any, Callable, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -40,7 +41,7 @@ MODELS: dict[str, type["Recommender"]] = {}
 _NO_CACHE = GraphCache(None)
 #: built-in models: registry name -> module of this package (imported on first use)
 BUILTIN = {"bpr": "bpr", "lightgcn": "lightgcn", "lgmrec": "lgmrec", "mmhcl": "mmhcl",
-           "rearm": "rearm"}
+           "rearm": "rearm", "lattice": "lattice", "mgcn": "mgcn", "smore": "smore"}
 
 
 class Recommender(nn.Module):
@@ -59,6 +60,12 @@ class Recommender(nn.Module):
     requires_features: ClassVar[bool] = False
     #: behaviour a user should know of, printed by ``mmrecsys models NAME``
     notes: ClassVar[str] = ""
+    #: the grid of the official configuration (canonical key -> values to try), for sweeps
+    search_space: ClassVar[dict[str, list]] = {}
+    #: the trainer's configured ``batch_size``, set by :func:`mmrecsys.train.build_model`;
+    #: ``None`` when the model is built directly. Losses that divide by the *configured* batch
+    #: size rather than the rows of the batch (MMRec's LATTICE, MGCN, SMORE) read it.
+    train_batch_size: int | None = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -94,6 +101,62 @@ class Recommender(nn.Module):
         out = (cache if cache is not None else _NO_CACHE).get_or_build(name, key, build)
         self.graph_seconds[name] = time.perf_counter() - t0
         return out
+
+    def modality_knn_graphs(self, data: Dataset, cache: GraphCache | None, ks: list[int],
+                            chunk_size: int = 2048) -> list:
+        """Per modality of ``data`` (its order), the weighted, sym-normalised top-``ks[m]`` cosine
+        graph of the raw features (:func:`mmrecsys.graphs.knn_adjacency`: MMRec's
+        ``build_knn_normalized_graph(.., norm_type='sym')``), each cached as ``knn-sym``."""
+        from ..graphs import knn_adjacency
+        if len(ks) != len(data.features):
+            raise ValueError(f"{len(ks)} neighbour counts for {len(data.features)} modalities")
+        fp = data.fingerprint(with_features=True)
+        out = []
+        for (mod, x), k in zip(data.features.items(), ks):
+            key = {"data": fp, "modality": mod, "k": int(k), "normalization": "sym", "version": 1}
+            out.append(self.cached_graph(
+                cache, f"knn-sym-{re.sub(r'[^A-Za-z0-9_]', '_', mod)}", key,
+                lambda x=x, k=k: knn_adjacency(x, int(k), normalization="sym",
+                                               chunk_size=chunk_size)))
+        return out
+
+    # -- modality features -----------------------------------------------------
+    def register_features(self, data: Dataset, trainable: bool) -> list[str]:
+        """One float32 table per modality of ``data`` (in its order), as a trainable
+        ``nn.Parameter`` (the MMRec models' ``nn.Embedding.from_pretrained(feat, freeze=False)``,
+        which Adam fine-tunes) or a frozen buffer. Returns their keys; the table of key ``k`` is
+        :meth:`feature_table` of ``k``. :meth:`reset_feature_tables` restores the raw values.
+        """
+        self._feature_keys: list[str] = []
+        self._feature_source: dict[str, Any] = {}
+        self._features_trainable = bool(trainable)
+        if trainable:
+            self.raw_features = nn.ParameterDict()
+        for i, (mod, x) in enumerate(data.features.items()):
+            key = re.sub(r"\W", "_", mod) or f"m{i}"
+            if key in self._feature_keys:
+                key = f"{key}_{i}"
+            self._feature_keys.append(key)
+            self._feature_source[key] = x   # the dataset's array (a reference, not a copy)
+            t = torch.empty(x.shape, dtype=torch.float32)
+            if trainable:
+                self.raw_features[key] = nn.Parameter(t)
+            else:
+                self.register_buffer(f"raw_feature_{key}", t, persistent=False)
+        self.reset_feature_tables()
+        return list(self._feature_keys)
+
+    def feature_table(self, key: str) -> torch.Tensor:
+        if self._features_trainable:
+            return self.raw_features[key]
+        return getattr(self, f"raw_feature_{key}")
+
+    def reset_feature_tables(self) -> None:
+        """Copy the dataset's raw features back into the tables (fine-tuning undone)."""
+        with torch.no_grad():
+            for key in self._feature_keys:
+                src = torch.from_numpy(np.ascontiguousarray(self._feature_source[key], dtype=np.float32))
+                self.feature_table(key).copy_(src)
 
     # -- hyperparameters -------------------------------------------------------
     @classmethod
