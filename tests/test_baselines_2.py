@@ -533,3 +533,29 @@ def test_cli_train_reports_the_metrics_of_its_written_ranking(name, data_dir, tm
     for k, v in again.items():
         assert metrics["test"][k] == pytest.approx(v, abs=1e-6), k
     assert any(k.startswith("knn-sym") for k in metrics["graph_seconds"])
+
+
+def test_feature_projection_reuses_its_gradient_buffer(data):
+    m = build("mgcn", data, knn_k=4)
+    key, lin = m._keys[0], m.projection[0]
+    x = m.feature_table(key)
+    probe = torch.randn(data.n_items, m.embedding_dim)
+    (m.project_features(key, lin) * probe).sum().backward()
+    g1 = x.grad.clone()
+    gw, gb = lin.weight.grad.clone(), lin.bias.grad.clone()
+    ptr = x.grad.data_ptr()
+    x2 = x.detach().clone().requires_grad_(True)                  # the plain computation
+    w2 = lin.weight.detach().clone().requires_grad_(True)
+    b2 = lin.bias.detach().clone().requires_grad_(True)
+    (F.linear(x2, w2, b2) * probe).sum().backward()
+    torch.testing.assert_close(g1, x2.grad)
+    torch.testing.assert_close(gw, w2.grad)
+    torch.testing.assert_close(gb, b2.grad)
+    (m.project_features(key, lin) * probe).sum().backward()       # accumulates, like autograd
+    torch.testing.assert_close(x.grad, 2 * x2.grad)
+    m.zero_grad(set_to_none=True)                                 # the trainer's zero_grad
+    (m.project_features(key, lin) * probe).sum().backward()
+    assert x.grad.data_ptr() == ptr                               # the same buffer, no new allocation
+    torch.testing.assert_close(x.grad, x2.grad)
+    with torch.no_grad():
+        torch.testing.assert_close(m.project_features(key, lin), F.linear(x2, w2, b2))

@@ -190,7 +190,7 @@ class LATTICE(Recommender):
         alpha = torch.softmax(self.modal_weight, dim=0)
         learned = []
         for m, k in enumerate(self._keys):
-            f = self.projection[k](self.feature_table(k))                   # F_m (I, d_f)
+            f = self.project_features(k, self.projection[k])                 # F_m (I, d_f)
             learned.append(EdgeList.knn(f, self.knn_k, self.knn_chunk_size).scale(alpha[m]))
         lam = self.lambda_coeff
         parts = [EdgeList.add(*learned).sym_normalize().scale(1.0 - lam)]

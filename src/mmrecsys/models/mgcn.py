@@ -149,7 +149,7 @@ class MGCN(Recommender):
         content = propagate(self.norm_adj, ego, self.n_layers)
         users, items = [], []
         for m, key in enumerate(self._keys):
-            f = self.projection[m](self.feature_table(key))
+            f = self.project_features(key, self.projection[m])
             x = self.item_embedding * torch.sigmoid(self.gate[m](f))
             x = power(self.item_graphs[m], x, self.n_item_layers)
             items.append(x)

@@ -200,7 +200,7 @@ class SMORE(Recommender):
         """E_c (N, d) and, for the image, text and fusion views, their user and item parts."""
         ego = torch.cat([self.user_embedding, self.item_embedding], 0)
         content = propagate(self.norm_adj, ego, self.n_layers)
-        f_v, f_t = (self.projection[m](self.feature_table(k)) for m, k in enumerate(self._keys))
+        f_v, f_t = (self.project_features(k, self.projection[m]) for m, k in enumerate(self._keys))
         users, items = [], []
         for m, conv in enumerate(self.spectrum(f_v, f_t)):
             x = self.item_embedding * torch.sigmoid(self.gate[m](conv))
