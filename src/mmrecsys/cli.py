@@ -329,6 +329,9 @@ def models(name):
         click.echo(f"{k}: {cls.train_defaults.get(k, v)!r} {mark}  # {TRAIN_HELP.get(k, '')}")
     if cls.presets:
         click.echo(f"# presets: {', '.join(cls.presets)}")
+    if cls.search_space:
+        click.echo("# search space (the official grid): "
+                   + "; ".join(f"{k} {v}" for k, v in cls.search_space.items()))
     if cls.notes:
         import textwrap
         click.echo("# notes\n" + textwrap.fill(cls.notes, 96, initial_indent="# ",

@@ -103,6 +103,7 @@ def build_model(data: Dataset, cfg: dict, device) -> torch.nn.Module:
     try:
         with knn_settings(cfg.get("knn_backend", "torch"), cfg.get("knn_index", "flat")):
             model = cls(data, cache, **model_kwargs(cls, cfg))
+        model.train_batch_size = cfg.get("batch_size")
         return model.to(device)
     except ValueError as e:
         raise ConfigError(f"{cls.name}: {e}") from e
