@@ -154,17 +154,27 @@ class _WeightedLogSumExpMatmul(torch.autograd.Function):
         return grad_a_t.T * grad, grad_b_t.T * grad, None, None, None
 
 
+def hcl_chunk_elems(device) -> int:
+    """Elements of one block of the HCL log-sum-exp: cache-sized on a CPU (2^19 floats, 2 MB),
+    large on a GPU (2^27), where each block is a few kernel launches."""
+    return 1 << 27 if torch.device(device).type != "cpu" else 1 << 19
+
+
 def hcl_term(anchor_all: torch.Tensor, cand_all: torch.Tensor, rows: torch.Tensor, tau: float,
              cand_factors: tuple[torch.Tensor, torch.Tensor] | None = None,
-             chunk_elems: int = 1 << 19) -> torch.Tensor:
+             chunk_elems: int | None = None) -> torch.Tensor:
     """ℓ(P, Q, Q_all) of Eq. 12 as the code's ``ssl_triple_loss``: P = anchor_all[rows],
     Q = cand_all[rows], Q_all = cand_all.
 
     Σ_b [ logsumexp_k(c(P_b, Q_all,k)/τ) − c(P_b, Q_b)/τ ], c the cosine similarity. Rows that
     repeat in ``rows`` are computed once and weighted by their count (same value, same gradient).
     ``cand_factors`` = (H, Z) with cand_all = H Z: the similarities are then formed in the
-    hyperedge space (cheaper when H has fewer columns than Z has).
+    hyperedge space (cheaper when H has fewer columns than Z has). ``chunk_elems``: elements
+    per block of the log-sum-exp (default :func:`hcl_chunk_elems` of the device); it changes
+    speed and memory, not the result.
     """
+    if chunk_elems is None:
+        chunk_elems = hcl_chunk_elems(anchor_all.device)
     uniq, counts = torch.unique(rows, return_counts=True)
     p = F.normalize(anchor_all[uniq], dim=1, eps=_EPS_NORM)
     q = F.normalize(cand_all[uniq], dim=1, eps=_EPS_NORM)
