@@ -389,3 +389,33 @@ def test_short_training_improves_validation_recall():
     res = train.fit(data, "lgmrec", overrides, log=None)
     after = res["valid"]["recall@20"]
     assert after > before + 0.05, (before, after)
+
+
+def test_inference_session_reuses_the_noise_free_part_exactly():
+    """Forward passes inside inference_session equal fresh ones draw for draw; training mode
+    and gradient-enabled passes never read the cache; the cache ends with the session."""
+    from mmrecsys.evaluation import evaluate
+    from mmrecsys.evaluation.ranking import seeded
+    data = tiny_data()
+    m = LGMRec(data, embedding_dim=4, hyper_num=3)
+    m.eval()
+    with torch.no_grad(), seeded(5):
+        fresh = [m.representations() for _ in range(3)]
+    with torch.no_grad(), seeded(5), m.inference_session():
+        calls = []
+        orig = m.modal_inputs
+        m.modal_inputs = lambda: calls.append(1) or orig()
+        reused = [m.representations() for _ in range(3)]
+        del m.modal_inputs
+    assert len(calls) == 1
+    for (a, b), (c, d) in zip(fresh, reused):
+        assert torch.equal(a, c) and torch.equal(b, d)
+    assert "_session" not in m.__dict__
+    with m.inference_session():
+        m.train()
+        u, _, _ = m.forward()
+        assert u.requires_grad and "parts" not in m.__dict__["_session"]
+    m.eval()
+    r1 = evaluate(m, data, "test", topk=(2,), seed=3).metrics
+    r2 = evaluate(m, data, "test", topk=(2,), seed=3).metrics
+    assert r1 == r2

@@ -89,6 +89,7 @@ seed, one draw for all users). ``deterministic_inference=True`` removes the nois
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 from typing import NamedTuple
@@ -378,14 +379,46 @@ class LGMRec(Recommender):
             g_item = h_item @ z            # (I, d)
         return h_user @ z, g_item, z
 
+    def _noise_free_parts(self):
+        """(modal inputs, E_c, [F^m]): the part of the forward pass that draws no noise, reused
+        by every forward pass inside :meth:`inference_session` (computed once there)."""
+        cache = self.__dict__.get("_session")
+        if cache is not None and (torch.is_grad_enabled() or self.training):
+            cache = None
+        if cache:
+            return cache["parts"]
+        ego = torch.cat([self.user_embedding, self.item_embedding], 0)
+        inputs = self.modal_inputs()
+        e_c, modal = self.local_propagation(ego, [x.features for x in inputs])
+        if cache is not None:
+            cache["parts"] = (inputs, e_c, modal)
+        return inputs, e_c, modal
+
+    @contextlib.contextmanager
+    def inference_session(self):
+        """Within this block the weights are taken as fixed: the noise-free part of the forward
+        pass (projections, user means, the local graph embedding) is computed once, by the
+        first forward pass in eval mode without gradients, and reused by the following ones,
+        which only draw their Gumbel noise and run the hypergraph and the fusion. The
+        evaluator ranks a stochastic model's user blocks inside one session; results are
+        identical to recomputing everything (the same operations, the same draws)."""
+        outer = self.__dict__.get("_session")
+        if outer is not None:              # nested: the outer session owns the cache
+            yield
+            return
+        self.__dict__["_session"] = {}
+        try:
+            yield
+        finally:
+            self.__dict__.pop("_session", None)
+
     def forward(self, users: torch.Tensor | None = None, items: torch.Tensor | None = None):
         """Full-graph pass; the fused E* (Eq. 13) only for the requested rows (default: all).
 
         Returns (E*_u[users] (·, d), E*_i[items] (·, d), a :class:`GlobalParts` per modality).
         The fusion is row-wise, so fusing only the rows a batch reads is exact.
         """
-        ego = torch.cat([self.user_embedding, self.item_embedding], 0)
-        inputs = self.modal_inputs()
+        inputs, e_c, modal = self._noise_free_parts()
         # dependency matrices: Gumbel draws in the official order (iv, uv, it, ut)
         deps = []
         for x in inputs:
@@ -393,7 +426,6 @@ class LGMRec(Recommender):
         if self.legacy_user_hyperedges:  # first published code: the text block overwrote the visual user matrix
             deps[0][1] = deps[1][1]
             deps[1][1] = inputs[1].user_logits
-        e_c, modal = self.local_propagation(ego, [x.features for x in inputs])
         p_drop = 1.0 - self.keep_rate
         parts = []
         item_c = e_c[self.n_users:]
