@@ -101,9 +101,9 @@ def train_steps(trainer: Trainer, n_steps: int) -> tuple[float, list[float]]:
         n = torch.as_tensor(neg, device=dev)
         terms = net.loss(u, p, n)
         loss = sum(terms.values())
-        opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        opt.zero_grad(set_to_none=True)
         float(loss.detach())  # synchronise (CUDA)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)

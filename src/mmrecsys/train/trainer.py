@@ -336,7 +336,8 @@ class Trainer:
         self.stopper = EarlyStopping(cfg["valid_metrics"], cfg["patience"], cfg["valid_round"])
         self.history: list[dict] = []
         self.best: dict[str, Any] = {"epoch": -1, "valid": None, "test": None, "report": {}}
-        self.best_state = None
+        #: the best weights: a state dict, or the path of best.pt when there is a run directory
+        self.best_state: dict | pathlib.Path | None = None
         self.start_epoch = 0
         self.stopped_early = False
         self.finished = False
@@ -379,6 +380,7 @@ class Trainer:
                 if {k: tuple(v.shape) for k, v in self.best_state.items()} != {
                         k: tuple(v.shape) for k, v in own.items()}:
                     raise ValueError("best.pt holds other weights than the model's")
+                self.best_state = run / "best.pt"      # checked; read again by report()
         except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise RunError(f"{run}: its checkpoint does not fit the model built from its "
@@ -408,9 +410,9 @@ class Trainer:
             n = torch.as_tensor(neg, device=dev)
             terms = net.loss(u, p, n)
             loss = sum(terms.values())
-            opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            opt.zero_grad(set_to_none=True)  # free the gradients before the next forward pass
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             n_batches += 1
@@ -437,9 +439,11 @@ class Trainer:
             test_res = ev("test", keep_topk=True)
             self.best = {"epoch": epoch, "valid": valid, "test": test_res.metrics,
                          "report": reports_of_test_pass(self.net, self.data, self.cfg, test_res)}
-            self.best_state = copy.deepcopy(self.net.state_dict())
-            if self.run is not None:
-                atomic_torch_save(self.run / "best.pt", self.best_state)
+            if self.run is None:
+                self.best_state = copy.deepcopy(self.net.state_dict())
+            else:  # the best weights live in best.pt, not in a second copy in memory
+                atomic_torch_save(self.run / "best.pt", self.net.state_dict())
+                self.best_state = self.run / "best.pt"
                 write_topk(self.run / "topk_test.tsv", test_res)
                 atomic_write_json(self.run / "metrics.json", self.summary(len(self.history) + 1))
         row.update({f"valid_{k}": v for k, v in valid.items()})
@@ -467,7 +471,9 @@ class Trainer:
 
     def report(self) -> dict[str, Any]:
         """Best weights loaded; metrics.json and history.csv written; the summary returned."""
-        if self.best_state is not None:
+        if isinstance(self.best_state, pathlib.Path):
+            self.net.load_state_dict(_load_checkpoint(self.best_state, self.device))
+        elif self.best_state is not None:
             self.net.load_state_dict(self.best_state)
         summary = self.summary()
         if self.run is not None:
