@@ -281,6 +281,25 @@ def test_attention_backward_replays_the_forward_dropout_words(monkeypatch):
         assert torch.equal(a, b)
 
 
+def test_attention_does_not_depend_on_the_chunk_size():
+    """Values, gradients and dropout draws are the same for every chunk size (so the chunk may
+    follow the device: 256 rows on CPU, 8192 on GPU)."""
+    att = ScalarAttention(0.4).train()
+    assert att.rows_per_chunk("cpu") == 256 and att.rows_per_chunk("cuda") == 8192
+    h = torch.randn(70, 8)
+    runs = []
+    for chunk in (None, 7, 16, 70, 1000):
+        att.chunk_size = chunk
+        torch.manual_seed(2)
+        x = h.clone().requires_grad_()
+        out = att(x, x)
+        out.square().sum().backward()
+        runs.append((out.detach(), x.grad, torch.get_rng_state()))
+    for out, grad, state in runs[1:]:
+        assert torch.equal(out, runs[0][0]) and torch.equal(grad, runs[0][1])
+        assert torch.equal(state, runs[0][2])
+
+
 def test_dropout_keep_rate():
     torch.manual_seed(0)
     m = rearm_mod.dropout_keep_mask((300, 64, 64), 0.6, "cpu")
