@@ -74,7 +74,9 @@ class _AllNodeInfoNCE(torch.autograd.Function):
         n, d = z1.shape
         zc = torch.cat([z1, z2], 0)                        # (2N, d)
         # [zc | 1]: one product gives Σ_m p_nm zc_m and the denominators together
-        zc1 = torch.cat([zc, torch.ones_like(zc[:, :1])], 1)   # (2N, d + 1)
+        # transposed, (d + 1, 2N): [zc | 1]ᵀ E is a plain product, faster on CPU BLAS than the
+        # transposed-operand Eᵀ [zc | 1] (55 vs 71 ms per 1024 anchors on Baby's users)
+        zc1_t = torch.cat([zc, torch.ones_like(zc[:, :1])], 1).T.contiguous()
         # exponent base 2: exp(x / tau) = exp2(x * log2(e) / tau); shifted by 1/tau when the
         # largest possible term e^{1/tau} could overflow float32
         shift = 1.0 / tau if 1.0 / tau > 40.0 else 0.0
@@ -97,13 +99,13 @@ class _AllNodeInfoNCE(torch.autograd.Function):
             et.exp2_()
             r = torch.arange(b, device=z1.device)
             et[start + r, r] = 0.0                         # intra-view self term excluded
-            q = torch.mm(et.T, zc1)                        # (b, d + 1)
-            den = q[:, d]                                  # (b,)
+            q_t = torch.mm(zc1_t, et)                      # (d + 1, b)
+            den = q_t[d]                                   # (b,)
             pos = (a * z2[start:stop]).sum(1) / tau
             total += (den.log() + shift - pos).sum(dtype=torch.float64)
             if need_grad:
                 w = (1.0 / (den * tau))[:, None]           # (b, 1)
-                g_anchor[start:stop] += q[:, :d] * w       # Σ_m p_nm zc_m / tau
+                g_anchor[start:stop] += q_t[:d].T * w      # Σ_m p_nm zc_m / tau
                 gc.addmm_(et, a * w)                       # Σ_n p_nm z1_n / tau
         del buf
         loss = (total / n).to(z1.dtype)
