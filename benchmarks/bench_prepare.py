@@ -110,7 +110,7 @@ def write_meta(path, iid, seed=1):
     rng = np.random.default_rng(seed)
     with gzip.open(path, "wt") as fh:
         for a in iid:
-            fh.write(repr(item_record(rng, a)) + "\n")
+            fh.write(repr(item_record(rng, str(a))) + "\n")
 
 
 def write_images(path, iid, dim=4096, seed=2, missing=0.02):
