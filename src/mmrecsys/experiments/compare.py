@@ -211,7 +211,7 @@ def compare(models, data=("synthetic",), seeds=5, out="compare", *, baseline: st
                 logger.info(_fmt_run(ev))
                 emit(ev)
     rows = table_rows(results, models, names, seeds, metrics, baseline)
-    md = render_markdown(rows, models, names, seeds, metrics, baseline, bests)
+    md = render_markdown(rows, models, names, seeds, metrics, baseline, bests, overrides)
     atomic_write_text(out / "table.md", md)
     atomic_write_text(out / "table.csv", render_csv(rows))
     paths = draw(results, out / "plots", models, names) if plots else []
@@ -309,7 +309,8 @@ def _label(metric: str) -> str:
     return f"{_SHORT.get(name, name)}@{k}"
 
 
-def render_markdown(rows, models, datasets, seeds, metrics, baseline=None, bests=None) -> str:
+def render_markdown(rows, models, datasets, seeds, metrics, baseline=None, bests=None,
+                    overrides=None) -> str:
     cell = {(r["dataset"], r["metric"], r["model"]): r for r in rows}
     cols = [(d, m) for d in datasets for m in metrics]
     head = ["Model"] + [f"{d} {_label(m)}" if len(datasets) > 1 else _label(m) for d, m in cols]
@@ -342,6 +343,12 @@ def render_markdown(rows, models, datasets, seeds, metrics, baseline=None, bests
             f"improvement of the best model over the best other. p-value: paired t-test over "
             f"seeds (scipy ttest_rel) of the best model against "
             f"{baseline + ' (--baseline)' if baseline else 'the best other model'}.")
+    if overrides:
+        note += (" Every run with " + ", ".join(f"{k}={v}" for k, v in overrides.items())
+                 + " (--set).")
+    if bests:
+        note += " (best.json): the configuration a sweep selected on validation (" + ", ".join(
+            f"{k[0]} on {k[1]}: {v['_path']}" for k, v in bests.items()) + ")."
     return f"## {title}\n\n" + "\n".join(lines) + f"\n\n{note}\n"
 
 

@@ -97,8 +97,10 @@ def _bars(ax, categories, labelled: dict[str, list[list]], colours):
         stats = [_mean_std(v) for v in per_cat]
         means = [m for m, _ in stats]
         errs = [s for _, s in stats]
-        ax.bar(x + (i - (n - 1) / 2) * width, means, width, label=label, color=colour,
-               yerr=errs if any(errs) else None, capsize=2)
+        bars = ax.bar(x + (i - (n - 1) / 2) * width, means, width, label=label, color=colour,
+                      yerr=errs if any(errs) else None, capsize=2)
+        ax.bar_label(bars, labels=["" if m != m else f"{m:.3f}" for m in means], fontsize=6,
+                     padding=2)
     ax.set_xticks(x)
     ax.set_xticklabels(categories, fontsize=8)
     ax.grid(axis="y", alpha=0.3)
