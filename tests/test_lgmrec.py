@@ -86,6 +86,33 @@ def test_mge_propagation_last_layer_and_cge_layer_mean():
     torch.testing.assert_close(e_c, ego)
 
 
+@pytest.mark.parametrize("cf_model", ["lightgcn", "mf"])
+@pytest.mark.parametrize("n_modal", [1, 2])
+def test_local_propagation_every_layer_count_with_gradients(cf_model, n_modal):
+    """E_c and the F^m against the dense reference, values and gradients, whichever of L_c and
+    L_m is larger (0 included)."""
+    data = tiny_data()
+    for lc in range(4):
+        for lm in range(4):
+            m = LGMRec(data, embedding_dim=3, n_layers=lc, n_mm_layers=lm, cf_model=cf_model)
+            a = dense(m.norm_adj)
+            ego = torch.randn(7, 3, requires_grad=True)
+            f0 = [torch.randn(7, 3, requires_grad=True) for _ in range(n_modal)]
+            e_c, feats = m.local_propagation(ego, f0)
+            n = lc if cf_model == "lightgcn" else 0
+            ref_e = sum(torch.linalg.matrix_power(a, k) @ ego for k in range(n + 1)) / (n + 1)
+            ref_f = [torch.linalg.matrix_power(a, lm) @ x for x in f0]
+            torch.testing.assert_close(e_c, ref_e)
+            for f, r in zip(feats, ref_f):
+                torch.testing.assert_close(f, r)
+            weights = [torch.randn(7, 3) for _ in range(n_modal + 1)]
+            out = (e_c * weights[0]).sum() + sum((f * w).sum() for f, w in zip(feats, weights[1:]))
+            grads = torch.autograd.grad(out, [ego] + f0)
+            ref = (ref_e * weights[0]).sum() + sum((f * w).sum() for f, w in zip(ref_f, weights[1:]))
+            for g, r in zip(grads, torch.autograd.grad(ref, [ego] + f0)):
+                torch.testing.assert_close(g, r)
+
+
 # ---------------------------------------------------------------------------- hypergraph
 def test_dependency_matrices_gumbel_softmax_and_dropout():
     m = LGMRec(tiny_data(), temperature=0.2)
@@ -362,3 +389,33 @@ def test_short_training_improves_validation_recall():
     res = train.fit(data, "lgmrec", overrides, log=None)
     after = res["valid"]["recall@20"]
     assert after > before + 0.05, (before, after)
+
+
+def test_inference_session_reuses_the_noise_free_part_exactly():
+    """Forward passes inside inference_session equal fresh ones draw for draw; training mode
+    and gradient-enabled passes never read the cache; the cache ends with the session."""
+    from mmrecsys.evaluation import evaluate
+    from mmrecsys.evaluation.ranking import seeded
+    data = tiny_data()
+    m = LGMRec(data, embedding_dim=4, hyper_num=3)
+    m.eval()
+    with torch.no_grad(), seeded(5):
+        fresh = [m.representations() for _ in range(3)]
+    with torch.no_grad(), seeded(5), m.inference_session():
+        calls = []
+        orig = m.modal_inputs
+        m.modal_inputs = lambda: calls.append(1) or orig()
+        reused = [m.representations() for _ in range(3)]
+        del m.modal_inputs
+    assert len(calls) == 1
+    for (a, b), (c, d) in zip(fresh, reused):
+        assert torch.equal(a, c) and torch.equal(b, d)
+    assert "_session" not in m.__dict__
+    with m.inference_session():
+        m.train()
+        u, _, _ = m.forward()
+        assert u.requires_grad and "parts" not in m.__dict__["_session"]
+    m.eval()
+    r1 = evaluate(m, data, "test", topk=(2,), seed=3).metrics
+    r2 = evaluate(m, data, "test", topk=(2,), seed=3).metrics
+    assert r1 == r2

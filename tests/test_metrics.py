@@ -322,3 +322,36 @@ def test_evaluate_with_unsorted_csr_indices():
     users, per = ref_evaluate(data, scores, "test", (5, 10))
     for key in per:
         np.testing.assert_allclose(got.per_user[key], per[key], atol=1e-9)
+
+
+def test_item_blocks_give_the_one_block_lists():
+    """A large catalogue is ranked in item blocks merged top-k by top-k: same lists (no ties)."""
+    import scipy.sparse as sp
+
+    from mmrecsys.evaluation.ranking import rank_topk
+    g = torch.Generator().manual_seed(0)
+    ur, ir = torch.randn(130, 8, generator=g), torch.randn(500, 8, generator=g)
+    mask = sp.random(130, 500, density=0.05, format="csr", random_state=1)
+    users = np.arange(130)
+
+    def full(u):
+        return ur[u] @ ir.T
+
+    def blocks(u, items=None):
+        return ur[u] @ (ir if items is None else ir[items]).T
+
+    ref = list(rank_topk(full, users, 500, mask, 40, chunk_size=50, with_scores=True))
+    for chunk in (7, 40, 499):
+        got = list(rank_topk(blocks, users, 500, mask, 40, chunk_size=50, with_scores=True,
+                             item_chunk=chunk))
+        for (_, _, ti, tv), (_, _, gi, gv) in zip(ref, got):
+            assert torch.equal(ti, gi) and torch.allclose(tv, gv)
+    # the automatic switch: a block budget smaller than users x items streams the items
+    import mmrecsys.evaluation.ranking as ranking
+    old = ranking.SCORE_BLOCK_ELEMENTS
+    ranking.SCORE_BLOCK_ELEMENTS = 50 * 64
+    try:
+        got = list(rank_topk(blocks, users, 500, mask, 40, chunk_size=50))
+    finally:
+        ranking.SCORE_BLOCK_ELEMENTS = old
+    assert all(torch.equal(a[2], b[2]) for a, b in zip(ref, got))

@@ -18,7 +18,8 @@ MODELS = available_models()
 #: small settings so every model builds in well under a second on the tiny data
 SMALL = {"bpr": {}, "lightgcn": {}, "lgmrec": {"hyper_num": 2}, "mmhcl": {"knn_k": 3},
          "rearm": {"user_knn_k": 5, "item_knn_k": 3}, "vbpr": {}, "bm3": {},
-         "freedom": {"knn_k": 3}}
+         "freedom": {"knn_k": 3}, "lattice": {"knn_k": 3},
+         "mgcn": {"knn_k": 3}, "smore": {"image_knn_k": 3, "text_knn_k": 3}}
 
 
 @pytest.fixture(scope="module")

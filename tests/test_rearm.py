@@ -229,12 +229,13 @@ def test_attention_backward_with_dropout_matches_dense(monkeypatch):
     n, d, p = 6, 8, 0.4
     words = torch.randint(0, 32768, (n, d, d), dtype=torch.int16)
     masks = rearm_mod._keep_from_words(words, 1 - p).double()
-    calls = []
+    calls = {False: [], True: []}   # forward draws; backward replays (with a generator)
 
-    def fixed_words(shape, device):
-        s = sum(w.shape[0] for w in calls)
+    def fixed_words(shape, device, generator=None):
+        done = calls[generator is not None]
+        s = sum(w.shape[0] for w in done)
         w = words[s:s + shape[0]]
-        calls.append(w)
+        done.append(w)
         return w
     monkeypatch.setattr(rearm_mod, "_random_words", fixed_words)
     att = ScalarAttention(p, chunk_size=4).train()
@@ -255,6 +256,48 @@ def test_attention_backward_with_dropout_matches_dense(monkeypatch):
     rq, rc = torch.autograd.grad((ref * w).sum(), (q2, c2))
     torch.testing.assert_close(gq, rq)
     torch.testing.assert_close(gc, rc)
+
+
+def test_attention_backward_replays_the_forward_dropout_words(monkeypatch):
+    """No mask is stored: backward regenerates exactly the forward pass's random words from
+    the recorded generator state, and leaves the global stream where forward left it."""
+    real = rearm_mod._random_words
+    seen = {False: [], True: []}
+
+    def spy(shape, device, generator=None):
+        w = real(shape, device, generator)
+        seen[generator is not None].append(w.clone())
+        return w
+    monkeypatch.setattr(rearm_mod, "_random_words", spy)
+    torch.manual_seed(3)
+    att = ScalarAttention(0.5, chunk_size=5).train()
+    q = torch.randn(13, 8, requires_grad=True)
+    out = att(q, q)
+    after_forward = torch.get_rng_state()
+    out.square().sum().backward()
+    assert torch.equal(torch.get_rng_state(), after_forward)
+    assert len(seen[False]) == 3 and len(seen[True]) == 3
+    for a, b in zip(seen[False], seen[True]):
+        assert torch.equal(a, b)
+
+
+def test_attention_does_not_depend_on_the_chunk_size():
+    """Values, gradients and dropout draws are the same for every chunk size (so the chunk may
+    follow the device: 256 rows on CPU, 8192 on GPU)."""
+    att = ScalarAttention(0.4).train()
+    assert att.rows_per_chunk("cpu") == 256 and att.rows_per_chunk("cuda") == 8192
+    h = torch.randn(70, 8)
+    runs = []
+    for chunk in (None, 7, 16, 70, 1000):
+        att.chunk_size = chunk
+        torch.manual_seed(2)
+        x = h.clone().requires_grad_()
+        out = att(x, x)
+        out.square().sum().backward()
+        runs.append((out.detach(), x.grad, torch.get_rng_state()))
+    for out, grad, state in runs[1:]:
+        assert torch.equal(out, runs[0][0]) and torch.equal(grad, runs[0][1])
+        assert torch.equal(state, runs[0][2])
 
 
 def test_dropout_keep_rate():

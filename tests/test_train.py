@@ -389,3 +389,21 @@ def test_cli_errors_for_bad_run_directories(data_dir, tmp_path):
     # --data points the run at the dataset's new place
     res = runner.invoke(main, ["evaluate", str(run), "--data", str(data_dir)])
     assert res.exit_code == 0, res.output
+
+
+def test_best_weights_kept_on_disk_with_a_run_directory(data_dir, tmp_path):
+    """With a run directory the best weights are read back from best.pt (no second copy in
+    memory); the returned model equals an in-memory run's."""
+    from mmrecsys.train.trainer import Trainer
+    from mmrecsys.config import run_config
+    data = load_dataset(data_dir)
+    cfg = run_config("lightgcn", data, None, {"epochs": 3, "eval_step": 1, "patience": 0})
+    tr = Trainer(data, cfg, tmp_path / "run", log=None)
+    tr.run.mkdir()
+    res = tr.fit()
+    assert tr.best_state == tmp_path / "run" / "best.pt"
+    best = torch.load(tr.best_state, weights_only=True)
+    mem = fit(data, "lightgcn", {"epochs": 3, "eval_step": 1, "patience": 0}, log=None)
+    assert res["best_epoch"] == mem["best_epoch"]
+    for k, v in res["model"].state_dict().items():
+        assert torch.equal(v, best[k]) and torch.equal(v, mem["model"].state_dict()[k])

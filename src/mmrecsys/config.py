@@ -42,6 +42,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "checkpoint_every": 1,         # epochs between resume checkpoints
     "modalities": [],              # feature files to use, in order ([] = every *_feat.npy, by name)
     "keep_users_without_train": False,  # evaluate held-out users with no training row (MMHCL)
+    "knn_backend": "torch",        # torch (exact, the references' torch.topk) | faiss
+    "knn_index": "flat",           # flat (exact) | ivf | hnsw (approximate; faiss only)
 }
 
 #: one-line meaning of each trainer key (``mmrecsys models NAME`` prints them)
@@ -69,12 +71,16 @@ TRAIN_HELP: dict[str, str] = {
     "checkpoint_every": "epochs between resume checkpoints (last.pt)",
     "modalities": "feature files to use, in order ([] = every *_feat.npy, sorted by name)",
     "keep_users_without_train": "evaluate held-out users with no training row (as MMHCL)",
+    "knn_backend": "kNN graph search: torch (exact, the references' tie order) or faiss",
+    "knn_index": "faiss index: flat (exact), ivf or hnsw (approximate, for huge catalogues)",
 }
 
 #: keys whose value may be null (YAML ``null`` / ``--set key=null``)
 NULLABLE = {"valid_round"}
 
 CHOICES = {
+    "knn_backend": ("torch", "faiss"),
+    "knn_index": ("flat", "ivf", "hnsw"),
     "optimizer": ("adam", "adamw"),
     "sampler": ("interactions", "users"),
     "negatives_from": ("train_items", "all_items"),

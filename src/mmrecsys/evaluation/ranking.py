@@ -3,7 +3,8 @@
 
 For each block of users: scores against all items (B, n_items) → masked items set to −∞ →
 ``torch.topk`` → hits gathered from a dense (B, n_items) boolean block of the held-out items →
-metrics. Peak memory is a few (B, n_items) blocks, whatever the number of users.
+metrics. Scores are ranked in blocks of :func:`scoring_rows` users (about 4 MB of scores on a
+CPU); peak memory is a few such blocks, whatever the number of users.
 
 Masking (MMRec sets their scores to −1e10 in ``Trainer.evaluate``): the user's *training*
 items are always masked. With
@@ -124,22 +125,85 @@ def representations(model, seed: int | None = None):
         model.train(was_training)
 
 
+#: most elements of one (users × items) block of scores; a larger catalogue is ranked in
+#: blocks of items whose top-k lists are merged (so memory is bounded whatever the catalogue)
+SCORE_BLOCK_ELEMENTS = 1 << 26
+
+
+def scoring_rows(n_items: int, device=None) -> int:
+    """Users scored at a time: a (rows, n_items) score block of about 2^20 floats (4 MB,
+    cache-sized) on a CPU, 2^27 on a GPU. Rows are ranked independently, so this changes speed
+    and memory, never a ranking."""
+    budget = 1 << 27 if device is not None and torch.device(device).type != "cpu" else 1 << 20
+    return max(1, budget // max(1, int(n_items)))
+
+
 @torch.no_grad()
 def rank_topk(score_fn, users: np.ndarray, n_items: int, mask: sp.csr_matrix, k: int,
-              chunk_size: int = 4096, device="cpu", with_scores: bool = False):
-    """Yield (start, stop, top (B, k) item ids[, their scores]) for consecutive user blocks."""
+              chunk_size: int = 4096, device="cpu", with_scores: bool = False,
+              item_chunk: int | None = None):
+    """Yield (start, stop, top (B, k) item ids[, their scores]) for consecutive user blocks.
+
+    ``score_fn(u)`` gives the (B, n_items) scores of a block of users; when it also accepts
+    ``items=slice`` (scores against that range of items) and the block would exceed
+    :data:`SCORE_BLOCK_ELEMENTS` (or ``item_chunk`` is given), items are streamed in blocks and
+    the running top-k is merged block by block: never a users × items matrix larger than one
+    block. The lists equal the one-block lists, ties aside.
+    """
+    k = min(k, n_items)
+    streams = accepts_items(score_fn)
+    if item_chunk is None and streams and chunk_size * n_items > SCORE_BLOCK_ELEMENTS:
+        item_chunk = max(k, SCORE_BLOCK_ELEMENTS // max(1, min(chunk_size, len(users) or 1)))
+    if not streams or item_chunk is None or item_chunk >= n_items:
+        item_chunk = None
     for start in range(0, len(users), chunk_size):
         rows = users[start:start + chunk_size]
         u = torch.as_tensor(rows, dtype=torch.long, device=device)
-        scores = score_fn(u).float()
         r, c = _block_rows(mask, rows)
-        if len(r):
-            scores[torch.as_tensor(r, device=scores.device), torch.as_tensor(c, dtype=torch.long, device=scores.device)] = -torch.inf
-        best = torch.topk(scores, min(k, n_items), dim=1)
-        if with_scores:
-            yield start, start + len(rows), best.indices, best.values
+        if item_chunk is None:
+            scores = score_fn(u).float()
+            if len(r):
+                scores[torch.as_tensor(r, device=scores.device),
+                       torch.as_tensor(c, dtype=torch.long, device=scores.device)] = -torch.inf
+            vals, idx = torch.topk(scores, k, dim=1)
         else:
-            yield start, start + len(rows), best.indices
+            vals = idx = None
+            order = np.argsort(c, kind="stable")
+            r, c = r[order], c[order]
+            for i0 in range(0, n_items, item_chunk):
+                i1 = min(i0 + item_chunk, n_items)
+                scores = score_fn(u, items=slice(i0, i1)).float()
+                a, b = np.searchsorted(c, [i0, i1])
+                if b > a:
+                    scores[torch.as_tensor(r[a:b], device=scores.device),
+                           torch.as_tensor(c[a:b] - i0, dtype=torch.long,
+                                           device=scores.device)] = -torch.inf
+                bv, bi = torch.topk(scores, min(k, i1 - i0), dim=1)
+                bi = bi + i0
+                if vals is not None:
+                    bv, pos = torch.topk(torch.cat([vals, bv], 1), min(k, vals.shape[1] + bv.shape[1]), dim=1)
+                    bi = torch.gather(torch.cat([idx, bi], 1), 1, pos)
+                vals, idx = bv, bi
+        if with_scores:
+            yield start, start + len(rows), idx, vals
+        else:
+            yield start, start + len(rows), idx
+
+
+def accepts_items(score_fn) -> bool:
+    import inspect
+    try:
+        return "items" in inspect.signature(score_fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def model_scorer(model, reps):
+    """``score(u, items=None)`` of ``model`` on precomputed ``reps`` (item blocks when the model's
+    ``score`` accepts ``items``)."""
+    if accepts_items(model.score):
+        return lambda u, items=None: model.score(u, reps, items=items)
+    return lambda u: model.score(u, reps)
 
 
 @dataclass
@@ -164,7 +228,8 @@ def rank_users(model, data: Dataset, users: np.ndarray, k: int, mask: str = "tra
     """Rank all items for ``users`` (items of ``mask`` excluded) once; keep the top ``k``.
 
     A stochastic model (see module docstring) is run once per block of ``chunk_size`` users,
-    with noise drawn from ``seed``; ``reps`` is then ignored.
+    with noise drawn from ``seed``; ``reps`` is then ignored. Scores are formed and ranked
+    :func:`scoring_rows` users at a time.
     """
     users = np.unique(np.asarray(users, dtype=np.int64))
     if device is None:
@@ -173,16 +238,23 @@ def rank_users(model, data: Dataset, users: np.ndarray, k: int, mask: str = "tra
     stochastic = is_stochastic(model)
     was_training = model.training
     model.eval()
+    session = getattr(model, "inference_session", None)  # weights fixed for the whole pass
     try:
-        with seeded(seed if stochastic else None, device):
+        with seeded(seed if stochastic else None, device), \
+                (session() if session is not None else contextlib.nullcontext()):
             if reps is None and not stochastic:
                 reps = model.representations()
+            rows = scoring_rows(data.n_items, device)
             if stochastic:  # a fresh forward pass (fresh noise) for every block of users
-                score = lambda u: model.score(u, model.representations())  # noqa: E731
+                tops = []
+                for start in range(0, len(users), chunk_size):
+                    block_reps = model.representations()
+                    tops += [top for _, _, top in rank_topk(
+                        model_scorer(model, block_reps), users[start:start + chunk_size],
+                        data.n_items, mask_m, k, min(rows, chunk_size), device)]
             else:
-                score = lambda u: model.score(u, reps)  # noqa: E731
-            tops = [top for _, _, top in rank_topk(score, users, data.n_items, mask_m, k,
-                                                   chunk_size, device)]
+                tops = [top for _, _, top in rank_topk(model_scorer(model, reps), users,
+                                                       data.n_items, mask_m, k, rows, device)]
     finally:
         model.train(was_training)
     top = torch.cat(tops) if tops else torch.empty((0, k), dtype=torch.long, device=device)

@@ -11,16 +11,69 @@ similarity graphs, the synthetic data checks), in two schedules with the same ne
   above the diagonal are computed; each tile updates the running top-k of its rows and,
   transposed, of its columns. Half the products, memory O(chunk² + N·k); exactly tied
   similarities may resolve to other neighbours than a single ``torch.topk`` would pick.
+
+Backends. ``torch`` (the default: the schedules above) or ``faiss`` (package ``faiss-cpu``, or
+its GPU build where present): ``index="flat"`` is exact inner-product search on the normalised
+rows (``IndexFlatIP``: the same neighbour sets as the torch path, ties and last-bit rounding
+aside); ``"ivf"`` (``IndexIVFFlat``, ``nprobe`` lists probed) and ``"hnsw"``
+(``IndexHNSWFlat``, ``ef_search``) are approximate, for catalogues where exact search is too
+slow; :func:`knn_recall` measures them against exact lists. The configuration keys
+``knn_backend`` and ``knn_index`` choose, through :func:`knn_settings`, for every graph a model
+builds (and enter the graph cache's keys). Without FAISS installed, ``faiss`` falls back to the
+torch path with a warning.
 """
 from __future__ import annotations
+
+import contextlib
+import contextvars
+import warnings
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
+#: the backend used when knn_graph is not told one (set by the trainer from the configuration)
+_SETTINGS: contextvars.ContextVar = contextvars.ContextVar(
+    "knn_settings", default={"backend": "torch", "index": "flat"})
+BACKENDS = ("torch", "faiss")
+INDEXES = ("flat", "ivf", "hnsw")
+
+
+@contextlib.contextmanager
+def knn_settings(backend: str = "torch", index: str = "flat", **params):
+    """Within the block, :func:`knn_graph` uses this backend/index by default.
+
+    ``params``: index parameters (``nlist``, ``nprobe`` for ivf; ``m``, ``ef_search`` for hnsw).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"knn backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if index not in INDEXES:
+        raise ValueError(f"knn index {index!r}: use one of {', '.join(INDEXES)}")
+    if backend == "torch" and index != "flat":
+        raise ValueError(f"knn index {index!r} needs knn_backend faiss (the torch path is exact)")
+    token = _SETTINGS.set({"backend": backend, "index": index, **params})
+    try:
+        yield
+    finally:
+        _SETTINGS.reset(token)
+
+
+def current_knn_settings() -> dict:
+    """The backend, index and parameters :func:`knn_graph` uses by default here."""
+    return dict(_SETTINGS.get())
+
+
+def faiss_available() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
 
 def knn_graph(features, k: int, *, chunk_size: int = 2048, metric: str = "cosine",
-              exclude_self: bool = False, tiles: bool = False, device=None):
+              exclude_self: bool = False, tiles: bool = False, device=None,
+              backend: str | None = None, index: str | None = None, **index_params):
     """Top-k neighbours of every row of ``features`` by cosine (or dot) similarity.
 
     Args:
@@ -34,6 +87,8 @@ def knn_graph(features, k: int, *, chunk_size: int = 2048, metric: str = "cosine
         tiles: compute only the tiles on and above the diagonal (half the products; see the
             module docstring for ties). Default ``False``.
         device: where to compute (default: where ``features`` are, CPU for arrays).
+        backend, index, index_params: ``torch`` or ``faiss`` and its index (module docstring);
+            default: :func:`current_knn_settings`.
     Returns:
         (indices, values): int64 (N, k) and float32 (N, k) tensors, neighbours by decreasing
         similarity.
@@ -46,6 +101,18 @@ def knn_graph(features, k: int, *, chunk_size: int = 2048, metric: str = "cosine
         raise ValueError(f"unknown metric {metric!r}: use 'cosine' or 'dot'")
     n = x.shape[0]
     k = min(k, n - 1 if exclude_self else n)
+    settings = current_knn_settings()
+    backend = backend or settings.pop("backend")
+    index = index or settings.pop("index", "flat")
+    params = {**{k2: v for k2, v in settings.items() if k2 not in ("backend", "index")},
+              **index_params}
+    if backend == "faiss":
+        if faiss_available():
+            return _faiss_knn(x, k, exclude_self, index, **params)
+        warnings.warn("knn_backend faiss: FAISS is not installed (pip install faiss-cpu); using "
+                      "the exact torch path", stacklevel=2)
+    elif backend != "torch":
+        raise ValueError(f"knn backend {backend!r}: use one of {', '.join(BACKENDS)}")
     block = max(1, int(chunk_size))
     if not tiles:
         idx_out = torch.empty((n, k), dtype=torch.int64, device=x.device)
@@ -85,6 +152,55 @@ def knn_graph(features, k: int, *, chunk_size: int = 2048, metric: str = "cosine
     return best_i, best_v
 
 
+def _faiss_knn(x: torch.Tensor, k: int, exclude_self: bool, index: str = "flat", *,
+               nlist: int | None = None, nprobe: int = 16, m: int = 32,
+               ef_search: int = 128, ef_construction: int = 200):
+    """Top-k by inner product of the (already normalised, for cosine) rows with FAISS."""
+    import faiss
+    dev = x.device
+    xs = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+    n, d = xs.shape
+    if index == "flat":
+        idx = faiss.IndexFlatIP(d)
+    elif index == "ivf":
+        nlist = nlist or max(1, min(n // 39, int(4 * np.sqrt(n))))
+        idx = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        idx.train(xs)
+        idx.nprobe = min(nprobe, nlist)
+    elif index == "hnsw":
+        idx = faiss.IndexHNSWFlat(d, m, faiss.METRIC_INNER_PRODUCT)
+        idx.hnsw.efConstruction = ef_construction
+        idx.hnsw.efSearch = max(ef_search, k + 1)
+    else:
+        raise ValueError(f"knn index {index!r}: use one of {', '.join(INDEXES)}")
+    if faiss.get_num_gpus() > 0 and index == "flat":  # pragma: no cover (GPU build only)
+        idx = faiss.index_cpu_to_all_gpus(idx)
+    idx.add(xs)
+    want = k + 1 if exclude_self else k
+    vals, ids = idx.search(xs, want)
+    if exclude_self:
+        self_hit = ids == np.arange(n)[:, None]
+        # drop the row itself where found, else the last (weakest) candidate
+        drop = np.where(self_hit.any(1), self_hit.argmax(1), want - 1)
+        keep = np.ones_like(ids, dtype=bool)
+        keep[np.arange(n), drop] = False
+        ids = ids[keep].reshape(n, k)
+        vals = vals[keep].reshape(n, k)
+    ids = np.where(ids < 0, 0, ids)  # an approximate index may return fewer than k (-1)
+    return (torch.as_tensor(ids, dtype=torch.int64, device=dev),
+            torch.as_tensor(vals, dtype=torch.float32, device=dev))
+
+
+def knn_recall(approx: torch.Tensor, exact: torch.Tensor) -> float:
+    """Recall@k of approximate neighbour lists against exact ones (mean share of exact
+    neighbours found), for :func:`knn_graph`'s approximate indexes."""
+    a = np.asarray(approx.cpu() if torch.is_tensor(approx) else approx)
+    e = np.asarray(exact.cpu() if torch.is_tensor(exact) else exact)
+    n, k = e.shape
+    hits = (a[:, :, None] == e[:, None, :]).any(1).sum()
+    return float(hits / (n * k))
+
+
 def knn_to_csr(indices, values, n_cols: int | None = None) -> sp.csr_matrix:
     """(N, k) neighbour lists -> CSR (N, n_cols) with the given values."""
     indices = np.asarray(indices.cpu() if torch.is_tensor(indices) else indices)
@@ -94,3 +210,35 @@ def knn_to_csr(indices, values, n_cols: int | None = None) -> sp.csr_matrix:
     m = sp.csr_matrix((values.ravel(), indices.ravel(), indptr), shape=(n, n_cols or n))
     m.sort_indices()
     return m
+
+
+def knn_adjacency(features, k: int, *, normalization: str = "sym", chunk_size: int = 2048,
+                  device=None, **knn_kwargs) -> sp.csr_matrix:
+    """The weighted top-k cosine graph of the rows of ``features``, normalised, as CSR.
+
+    Row i keeps the ``k`` largest cosine similarities of i over all rows, the row itself
+    included (its similarity 1 normally ranks first; ``torch.topk``'s tie order), **with the
+    similarity values as weights**; then
+
+    * ``"sym"``: D^{-1/2} A D^{-1/2}, D = diag(row sums of A) (A is not symmetric: row sums);
+    * ``"rw"``: D^{-1} A;  ``"none"``: A.
+
+    This is MMRec's ``build_knn_normalized_graph(build_sim(X), k, norm_type)`` and LATTICE's
+    ``compute_normalized_laplacian(build_knn_neighbourhood(build_sim(X), k))`` (``enoche/MMRec``
+    ``src/utils/utils.py``), built without the dense N×N similarity matrix: one (chunk, N) block
+    at a time (:func:`knn_graph`). Rows with a non-positive sum get a zero scale (the reference
+    codes give 0 for a zero sum, NaN for a negative one; all-zero feature rows, NaN there, have
+    similarity 0 here).
+    """
+    idx, val = knn_graph(features, k, chunk_size=chunk_size, metric="cosine", device=device,
+                         **knn_kwargs)
+    a = knn_to_csr(idx, val, n_cols=idx.shape[0])
+    if normalization == "sym":
+        from .adjacency import sym_normalize
+        return sym_normalize(a, eps=0.0)
+    if normalization == "rw":
+        from .adjacency import row_normalize
+        return row_normalize(a)
+    if normalization == "none":
+        return a
+    raise ValueError(f"normalization={normalization!r}: use 'sym', 'rw' or 'none'")

@@ -29,6 +29,7 @@ import re
 import time
 from typing import Any, Callable, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -40,7 +41,36 @@ MODELS: dict[str, type["Recommender"]] = {}
 _NO_CACHE = GraphCache(None)
 #: built-in models: registry name -> module of this package (imported on first use)
 BUILTIN = {"bpr": "bpr", "lightgcn": "lightgcn", "lgmrec": "lgmrec", "mmhcl": "mmhcl",
-           "rearm": "rearm", "vbpr": "vbpr", "bm3": "bm3", "freedom": "freedom"}
+           "rearm": "rearm", "vbpr": "vbpr", "bm3": "bm3", "freedom": "freedom",
+           "lattice": "lattice", "mgcn": "mgcn", "smore": "smore"}
+
+
+class _TableProjection(torch.autograd.Function):
+    """y = X Wᵀ + b; X's gradient goes into a persistent buffer (see
+    :meth:`Recommender.project_features`)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, buffers, key):
+        ctx.save_for_backward(x, weight)
+        ctx.buffers, ctx.key, ctx.has_bias = buffers, key, bias is not None
+        return torch.addmm(bias, x, weight.T) if bias is not None else x @ weight.T
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        g_w = grad.T @ x if ctx.needs_input_grad[1] else None
+        g_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        if ctx.needs_input_grad[0]:
+            buf = ctx.buffers.get(ctx.key)
+            if x.grad is None:
+                if buf is None or buf.shape != x.shape or buf.dtype != x.dtype or buf.device != x.device:
+                    buf = ctx.buffers[ctx.key] = torch.empty_like(x, memory_format=torch.contiguous_format)
+                torch.mm(grad, weight, out=buf)
+                x.grad = buf
+            else:                                   # accumulating over several backward passes
+                x.grad.add_(grad @ weight)
+        return None, g_w, g_b, None, None
 
 
 class Recommender(nn.Module):
@@ -62,6 +92,18 @@ class Recommender(nn.Module):
     requires_features: ClassVar[bool] = False
     #: behaviour a user should know of, printed by ``mmrecsys models NAME``
     notes: ClassVar[str] = ""
+    #: data-parallel training (``--nproc``): "split" when every loss term is a sum over batch
+    #: rows or uses the batch helpers of :mod:`.layers` (each process computes its share of the
+    #: global batch), "replicate" otherwise (every process computes the global batch's loss:
+    #: exact, but no speed-up)
+    data_parallel: ClassVar[str] = "replicate"
+    #: loss terms that do not depend on the batch (e.g. a contrastive loss over all nodes): under
+    #: "split" every process computes them whole, so each contributes 1/world of them
+    global_loss_terms: ClassVar[tuple] = ()
+    #: the trainer's configured ``batch_size``, set by :func:`mmrecsys.train.build_model`;
+    #: ``None`` when the model is built directly. Losses that divide by the *configured* batch
+    #: size rather than the rows of the batch (MMRec's LATTICE, MGCN, SMORE) read it.
+    train_batch_size: int | None = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -89,10 +131,85 @@ class Recommender(nn.Module):
         the hyperparameters used and a builder version. The time taken is recorded in
         :attr:`graph_seconds` under ``name``.
         """
+        from ..graphs.knn import current_knn_settings
+        knn = current_knn_settings()
+        if knn.get("backend", "torch") != "torch":  # another kNN search: another graph
+            key = {**key, "knn": knn}
         t0 = time.perf_counter()
         out = (cache if cache is not None else _NO_CACHE).get_or_build(name, key, build)
         self.graph_seconds[name] = time.perf_counter() - t0
         return out
+
+    def modality_knn_graphs(self, data: Dataset, cache: GraphCache | None, ks: list[int],
+                            chunk_size: int = 2048) -> list:
+        """Per modality of ``data`` (its order), the weighted, sym-normalised top-``ks[m]`` cosine
+        graph of the raw features (:func:`mmrecsys.graphs.knn_adjacency`: MMRec's
+        ``build_knn_normalized_graph(.., norm_type='sym')``), each cached as ``knn-sym``."""
+        from ..graphs import knn_adjacency
+        if len(ks) != len(data.features):
+            raise ValueError(f"{len(ks)} neighbour counts for {len(data.features)} modalities")
+        fp = data.fingerprint(with_features=True)
+        out = []
+        for (mod, x), k in zip(data.features.items(), ks):
+            key = {"data": fp, "modality": mod, "k": int(k), "normalization": "sym", "version": 1}
+            out.append(self.cached_graph(
+                cache, f"knn-sym-{re.sub(r'[^A-Za-z0-9_]', '_', mod)}", key,
+                lambda x=x, k=k: knn_adjacency(x, int(k), normalization="sym",
+                                               chunk_size=chunk_size)))
+        return out
+
+    # -- modality features -----------------------------------------------------
+    def register_features(self, data: Dataset, trainable: bool) -> list[str]:
+        """One float32 table per modality of ``data`` (in its order), as a trainable
+        ``nn.Parameter`` (the MMRec models' ``nn.Embedding.from_pretrained(feat, freeze=False)``,
+        which Adam fine-tunes) or a frozen buffer. Returns their keys; the table of key ``k`` is
+        :meth:`feature_table` of ``k``. :meth:`reset_feature_tables` restores the raw values.
+        """
+        self._feature_keys: list[str] = []
+        self._feature_source: dict[str, Any] = {}
+        self._features_trainable = bool(trainable)
+        if trainable:
+            self.raw_features = nn.ParameterDict()
+        for i, (mod, x) in enumerate(data.features.items()):
+            key = re.sub(r"\W", "_", mod) or f"m{i}"
+            if key in self._feature_keys:
+                key = f"{key}_{i}"
+            self._feature_keys.append(key)
+            self._feature_source[key] = x   # the dataset's array (a reference, not a copy)
+            t = torch.empty(x.shape, dtype=torch.float32)
+            if trainable:
+                self.raw_features[key] = nn.Parameter(t)
+            else:
+                self.register_buffer(f"raw_feature_{key}", t, persistent=False)
+        self.reset_feature_tables()
+        return list(self._feature_keys)
+
+    def feature_table(self, key: str) -> torch.Tensor:
+        if self._features_trainable:
+            return self.raw_features[key]
+        return getattr(self, f"raw_feature_{key}")
+
+    def project_features(self, key: str, linear: nn.Linear) -> torch.Tensor:
+        """``linear(feature_table(key))``, X Wᵀ + b, with the same value and gradients.
+
+        For a trainable table the gradient of X, G W (as large as the table: 115 MB for a
+        4096-d Baby table), is written into a buffer kept across steps and handed to ``X.grad``
+        (added to it when it already holds a gradient), instead of a fresh tensor per step: a
+        fresh allocation of that size costs as much again in page faults. ``X`` then receives its
+        gradient only through ``backward()``, not through ``torch.autograd.grad``."""
+        x = self.feature_table(key)
+        if not (x.requires_grad and torch.is_grad_enabled()):
+            return linear(x)
+        if not hasattr(self, "_feature_grad_buffers"):
+            self._feature_grad_buffers: dict[str, torch.Tensor] = {}
+        return _TableProjection.apply(x, linear.weight, linear.bias, self._feature_grad_buffers, key)
+
+    def reset_feature_tables(self) -> None:
+        """Copy the dataset's raw features back into the tables (fine-tuning undone)."""
+        with torch.no_grad():
+            for key in self._feature_keys:
+                src = torch.from_numpy(np.ascontiguousarray(self._feature_source[key], dtype=np.float32))
+                self.feature_table(key).copy_(src)
 
     # -- hyperparameters -------------------------------------------------------
     @classmethod
@@ -156,8 +273,12 @@ class Recommender(nn.Module):
         """(user_repr (n_users, d), item_repr (n_items, d)) for full ranking."""
         raise NotImplementedError
 
-    def score(self, users: torch.Tensor, reps) -> torch.Tensor:
+    def score(self, users: torch.Tensor, reps, items: slice | None = None) -> torch.Tensor:
+        """(B, n_items) scores of ``users`` (or (B, len) against the item range ``items``, which
+        lets the evaluator stream a large catalogue in blocks)."""
         user_repr, item_repr = reps
+        if items is not None:
+            item_repr = item_repr[items]
         return user_repr[users] @ item_repr.T
 
     def extra_repr(self) -> str:

@@ -30,7 +30,10 @@ class BPR(Recommender):
     """
 
     name = "bpr"
+    data_parallel = "split"  # batch terms through layers.batch_mean / emb_loss / row sums
     aliases = {"embedding_size": "embedding_dim"}
+    # MMRec src/configs/model/BPR.yaml
+    search_space = {"reg_weight": [2.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5]}
 
     def __init__(self, data, cache=None, *, embedding_dim: int = 64, reg_weight: float = 1e-4):
         super().__init__(data, cache)

@@ -9,10 +9,15 @@ once for every model, as PyG's ``LGConv`` serves all of its LightGCN-style model
 * :func:`propagate` is LightGCN's layer combination, the mean of Â^l x over l = 0..L (He et al.,
   "LightGCN", SIGIR 2020, Eq. 4 with α_l = 1/(L+1); LightGCN, LGMRec, MMHCL, REARM).
 
-An operator is a :class:`~mmrecsys.graphs.SparseGraph` or any module computing A x (e.g. a
-:class:`~mmrecsys.graphs.hypergraph.TorchHypergraph`), or a torch sparse tensor.
+An operator is a :class:`~mmrecsys.graphs.SparseGraph` or any callable computing A x (e.g. a
+:class:`~mmrecsys.graphs.hypergraph.TorchHypergraph`, or an :class:`~mmrecsys.graphs.EdgeList`
+whose weights are learned), or a torch sparse tensor.
 """
 from __future__ import annotations
+
+import contextlib
+import contextvars
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -20,20 +25,86 @@ import torch.nn.functional as F
 from torch import nn
 
 
+# ----------------------------------------------------------------------- data parallelism
+@dataclass(frozen=True)
+class DataParallel:
+    """A training step split across ``world`` processes: each holds a share of a global batch
+    of ``global_batch`` rows. The batch losses below then return this process's share of the
+    global value, so that the shares add up (over processes) to the single-process loss."""
+    world: int
+    global_batch: int
+
+
+_DP: contextvars.ContextVar = contextvars.ContextVar("data_parallel", default=None)
+
+
+@contextlib.contextmanager
+def data_parallel(world: int, global_batch: int):
+    """Within the block the batch losses are data-parallel shares (see :class:`DataParallel`)."""
+    token = _DP.set(DataParallel(int(world), int(global_batch)))
+    try:
+        yield
+    finally:
+        _DP.reset(token)
+
+
+def batch_size(rows: torch.Tensor) -> int:
+    """The batch size a per-batch mean divides by: the global batch under data parallelism."""
+    dp = _DP.get()
+    return rows.shape[0] if dp is None else dp.global_batch
+
+
+def batch_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch rows (under data parallelism: this share's sum / global batch)."""
+    dp = _DP.get()
+    return x.mean() if dp is None else x.sum() / dp.global_batch
+
+
 def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
     """MMRec BPRLoss: −mean log(1e-10 + σ(ŝ_ui − ŝ_uj))."""
-    return -torch.log(1e-10 + torch.sigmoid(pos_scores - neg_scores)).mean()
+    return batch_mean(-torch.log(1e-10 + torch.sigmoid(pos_scores - neg_scores)))
 
 
 def bpr_logsigmoid(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
     """−mean logsigmoid(ŝ_ui − ŝ_uj) (FREEDOM/LATTICE/MGCN/MMHCL style)."""
-    return -F.logsigmoid(pos_scores - neg_scores).mean()
+    return batch_mean(-F.logsigmoid(pos_scores - neg_scores))
+
+
+def half_squared_l2(*embeddings: torch.Tensor, divisor: float | None = None) -> torch.Tensor:
+    """(Σ_k ½‖X_k‖²_F) / divisor: the regulariser of LATTICE, MGCN and SMORE (``bpr_loss`` in
+    ``enoche/MMRec`` ``src/models/{lattice,mgcn}.py``, ``kennethorq/SMORE`` ``src/models/smore.py``),
+    whose divisor is the *configured* batch size (``train_batch_size``), not the batch's rows.
+    ``divisor=None``: the rows of the first argument."""
+    total = sum(0.5 * e.pow(2).sum() for e in embeddings)
+    return total / (embeddings[0].shape[0] if divisor is None else divisor)
+
+
+def info_nce(view1: torch.Tensor, view2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """In-batch InfoNCE of MGCN and SMORE (their ``InfoNCE``): with cosine c,
+    mean_b −log( exp(c(v1_b, v2_b)/τ) / Σ_b' exp(c(v1_b, v2_b')/τ) ).
+
+    Candidates are the batch's own rows, repeats included (a user twice in the batch is its own
+    negative). Written as logsumexp − positive (the same value without exp overflow)."""
+    a = F.normalize(view1, dim=1)
+    b = F.normalize(view2, dim=1)
+    pos = (a * b).sum(1) / temperature
+    return (torch.logsumexp(a @ b.T / temperature, dim=1) - pos).mean()
 
 
 def emb_loss(*embeddings: torch.Tensor) -> torch.Tensor:
-    """MMRec EmbLoss [quirk]: sum of *un-squared* Frobenius norms / rows of the last argument."""
-    total = sum(torch.linalg.norm(e) for e in embeddings)
-    return total / embeddings[-1].shape[0]
+    """MMRec EmbLoss [quirk]: sum of *un-squared* Frobenius norms / rows of the last argument.
+
+    Under data parallelism the norms are of the global batch (squared sums all-reduced with
+    gradients), and this process returns its 1/world share of the value.
+    """
+    dp = _DP.get()
+    if dp is None:
+        total = sum(torch.linalg.norm(e) for e in embeddings)
+        return total / embeddings[-1].shape[0]
+    import torch.distributed.nn.functional as dist_nn
+    squares = torch.stack([e.pow(2).sum() for e in embeddings])
+    squares = dist_nn.all_reduce(squares)
+    return squares.sqrt().sum() / dp.global_batch / dp.world
 
 
 def modality_weights(n_modalities: int, image_weight: float) -> list[float]:
@@ -48,7 +119,7 @@ def modality_weights(n_modalities: int, image_weight: float) -> list[float]:
 
 
 def _apply(op, x: torch.Tensor) -> torch.Tensor:
-    return op(x) if isinstance(op, torch.nn.Module) else torch.sparse.mm(op, x)
+    return torch.sparse.mm(op, x) if torch.is_tensor(op) else op(x)
 
 
 def power(op, x: torch.Tensor, n_layers: int) -> torch.Tensor:

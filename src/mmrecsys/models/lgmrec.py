@@ -89,6 +89,7 @@ seed, one draw for all users). ``deterministic_inference=True`` removes the nois
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 from typing import NamedTuple
@@ -154,17 +155,27 @@ class _WeightedLogSumExpMatmul(torch.autograd.Function):
         return grad_a_t.T * grad, grad_b_t.T * grad, None, None, None
 
 
+def hcl_chunk_elems(device) -> int:
+    """Elements of one block of the HCL log-sum-exp: cache-sized on a CPU (2^19 floats, 2 MB),
+    large on a GPU (2^27), where each block is a few kernel launches."""
+    return 1 << 27 if torch.device(device).type != "cpu" else 1 << 19
+
+
 def hcl_term(anchor_all: torch.Tensor, cand_all: torch.Tensor, rows: torch.Tensor, tau: float,
              cand_factors: tuple[torch.Tensor, torch.Tensor] | None = None,
-             chunk_elems: int = 1 << 19) -> torch.Tensor:
+             chunk_elems: int | None = None) -> torch.Tensor:
     """ℓ(P, Q, Q_all) of Eq. 12 as the code's ``ssl_triple_loss``: P = anchor_all[rows],
     Q = cand_all[rows], Q_all = cand_all.
 
     Σ_b [ logsumexp_k(c(P_b, Q_all,k)/τ) − c(P_b, Q_b)/τ ], c the cosine similarity. Rows that
     repeat in ``rows`` are computed once and weighted by their count (same value, same gradient).
     ``cand_factors`` = (H, Z) with cand_all = H Z: the similarities are then formed in the
-    hyperedge space (cheaper when H has fewer columns than Z has).
+    hyperedge space (cheaper when H has fewer columns than Z has). ``chunk_elems``: elements
+    per block of the log-sum-exp (default :func:`hcl_chunk_elems` of the device); it changes
+    speed and memory, not the result.
     """
+    if chunk_elems is None:
+        chunk_elems = hcl_chunk_elems(anchor_all.device)
     uniq, counts = torch.unique(rows, return_counts=True)
     p = F.normalize(anchor_all[uniq], dim=1, eps=_EPS_NORM)
     q = F.normalize(cand_all[uniq], dim=1, eps=_EPS_NORM)
@@ -239,6 +250,7 @@ class LGMRec(Recommender):
     """
 
     name = "lgmrec"
+    data_parallel = "split"  # batch terms through layers.batch_mean / emb_loss / row sums
     aliases = {"embedding_size": "embedding_dim", "n_ui_layers": "n_layers", "tau": "temperature"}
     requires_features = True
     notes = ("Inference draws Gumbel noise, as the official full_sort_predict: one forward pass "
@@ -259,6 +271,14 @@ class LGMRec(Recommender):
                    "keep_rate": 0.4, "alpha": 0.6},
         "clothing": {"n_layers": 2, "n_mm_layers": 2, "n_hyper_layer": 2, "hyper_num": 64,
                      "keep_rate": 0.2, "alpha": 0.2},
+    }
+    search_space = {  # official configs/model/LGMREC.yaml (commented grid)
+        "n_ui_layers": [1, 2, 3, 4], "n_mm_layers": [1, 2, 3, 4], "n_hyper_layer": [1, 2, 3, 4],
+        "hyper_num": [2, 4, 8, 16, 32, 64, 128, 256],
+        "keep_rate": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+        "alpha": [0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+        "cl_weight": [0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1],
+        "reg_weight": [0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1],
     }
 
     def __init__(self, data, cache=None, *, embedding_dim: int = 64, n_layers: int = 2,
@@ -368,14 +388,46 @@ class LGMRec(Recommender):
             g_item = h_item @ z            # (I, d)
         return h_user @ z, g_item, z
 
+    def _noise_free_parts(self):
+        """(modal inputs, E_c, [F^m]): the part of the forward pass that draws no noise, reused
+        by every forward pass inside :meth:`inference_session` (computed once there)."""
+        cache = self.__dict__.get("_session")
+        if cache is not None and (torch.is_grad_enabled() or self.training):
+            cache = None
+        if cache:
+            return cache["parts"]
+        ego = torch.cat([self.user_embedding, self.item_embedding], 0)
+        inputs = self.modal_inputs()
+        e_c, modal = self.local_propagation(ego, [x.features for x in inputs])
+        if cache is not None:
+            cache["parts"] = (inputs, e_c, modal)
+        return inputs, e_c, modal
+
+    @contextlib.contextmanager
+    def inference_session(self):
+        """Within this block the weights are taken as fixed: the noise-free part of the forward
+        pass (projections, user means, the local graph embedding) is computed once, by the
+        first forward pass in eval mode without gradients, and reused by the following ones,
+        which only draw their Gumbel noise and run the hypergraph and the fusion. The
+        evaluator ranks a stochastic model's user blocks inside one session; results are
+        identical to recomputing everything (the same operations, the same draws)."""
+        outer = self.__dict__.get("_session")
+        if outer is not None:              # nested: the outer session owns the cache
+            yield
+            return
+        self.__dict__["_session"] = {}
+        try:
+            yield
+        finally:
+            self.__dict__.pop("_session", None)
+
     def forward(self, users: torch.Tensor | None = None, items: torch.Tensor | None = None):
         """Full-graph pass; the fused E* (Eq. 13) only for the requested rows (default: all).
 
         Returns (E*_u[users] (·, d), E*_i[items] (·, d), a :class:`GlobalParts` per modality).
         The fusion is row-wise, so fusing only the rows a batch reads is exact.
         """
-        ego = torch.cat([self.user_embedding, self.item_embedding], 0)
-        inputs = self.modal_inputs()
+        inputs, e_c, modal = self._noise_free_parts()
         # dependency matrices: Gumbel draws in the official order (iv, uv, it, ut)
         deps = []
         for x in inputs:
@@ -383,7 +435,6 @@ class LGMRec(Recommender):
         if self.legacy_user_hyperedges:  # first published code: the text block overwrote the visual user matrix
             deps[0][1] = deps[1][1]
             deps[1][1] = inputs[1].user_logits
-        e_c, modal = self.local_propagation(ego, [x.features for x in inputs])
         p_drop = 1.0 - self.keep_rate
         parts = []
         item_c = e_c[self.n_users:]

@@ -35,7 +35,10 @@ class LightGCN(Recommender):
     """
 
     name = "lightgcn"
+    data_parallel = "split"  # batch terms through layers.batch_mean / emb_loss / row sums
     aliases = {"embedding_size": "embedding_dim"}
+    # MMRec src/configs/model/LightGCN.yaml
+    search_space = {"n_layers": [1, 2, 3, 4], "reg_weight": [1e-2, 1e-3, 1e-4, 1e-5, 1e-6]}
 
     def __init__(self, data, cache=None, *, embedding_dim: int = 64, n_layers: int = 2,
                  reg_weight: float = 1e-4):

@@ -55,7 +55,7 @@ from ..graphs import SparseGraph, normalized_adjacency
 from ..graphs.hypergraph import (HYPERGRAPH_VERSION, TorchHypergraph, i2i_hypergraph,
                                  multimodal_knn_incidence, u2u_hypergraph)
 from .base import Recommender
-from .layers import bpr_logsigmoid, power, propagate
+from .layers import batch_size, bpr_logsigmoid, power, propagate
 
 _LOG2E = 1.0 / math.log(2.0)
 
@@ -74,7 +74,9 @@ class _AllNodeInfoNCE(torch.autograd.Function):
         n, d = z1.shape
         zc = torch.cat([z1, z2], 0)                        # (2N, d)
         # [zc | 1]: one product gives Σ_m p_nm zc_m and the denominators together
-        zc1 = torch.cat([zc, torch.ones_like(zc[:, :1])], 1)   # (2N, d + 1)
+        # transposed, (d + 1, 2N): [zc | 1]ᵀ E is a plain product, faster on CPU BLAS than the
+        # transposed-operand Eᵀ [zc | 1] (55 vs 71 ms per 1024 anchors on Baby's users)
+        zc1_t = torch.cat([zc, torch.ones_like(zc[:, :1])], 1).T.contiguous()
         # exponent base 2: exp(x / tau) = exp2(x * log2(e) / tau); shifted by 1/tau when the
         # largest possible term e^{1/tau} could overflow float32
         shift = 1.0 / tau if 1.0 / tau > 40.0 else 0.0
@@ -97,13 +99,13 @@ class _AllNodeInfoNCE(torch.autograd.Function):
             et.exp2_()
             r = torch.arange(b, device=z1.device)
             et[start + r, r] = 0.0                         # intra-view self term excluded
-            q = torch.mm(et.T, zc1)                        # (b, d + 1)
-            den = q[:, d]                                  # (b,)
+            q_t = torch.mm(zc1_t, et)                      # (d + 1, b)
+            den = q_t[d]                                   # (b,)
             pos = (a * z2[start:stop]).sum(1) / tau
             total += (den.log() + shift - pos).sum(dtype=torch.float64)
             if need_grad:
                 w = (1.0 / (den * tau))[:, None]           # (b, 1)
-                g_anchor[start:stop] += q[:, :d] * w       # Σ_m p_nm zc_m / tau
+                g_anchor[start:stop] += q_t[:d].T * w      # Σ_m p_nm zc_m / tau
                 gc.addmm_(et, a * w)                       # Σ_n p_nm z1_n / tau
         del buf
         loss = (total / n).to(z1.dtype)
@@ -177,6 +179,8 @@ class MMHCL(Recommender):
     """
 
     name = "mmhcl"
+    data_parallel = "split"  # batch terms through layers.batch_mean / emb_loss / row sums
+    global_loss_terms = ("cl_i2i", "cl_u2u")  # all-node InfoNCE: batch-independent
     aliases = {"embed_size": "embedding_dim", "ui_layers": "n_layers", "UI_layers": "n_layers",
                "User_layers": "user_layers", "Item_layers": "item_layers"}
     requires_features = True
@@ -205,6 +209,10 @@ class MMHCL(Recommender):
     _sports = {**_sports, "keep_users_without_train": True}
     presets = {"tiktok": _tiktok, "mmhcl-clothing": _clothing, "clothing": _clothing,
                "mmhcl-sports": _sports, "sports": _sports}
+    # the official README/parser state no grid: the values of the presets across datasets
+    search_space = {"regs": [1e-5, 1e-3], "knn_k": [5, 10], "user_layers": [2, 3],
+                    "user_loss_ratio": [0.03, 0.1, 0.3], "item_loss_ratio": [0.07, 0.7],
+                    "temperature": [0.4, 0.5, 0.6]}
 
     def __init__(self, data, cache=None, *, embedding_dim: int = 64, regs: float = 1e-3,
                  knn_k: int = 5, n_layers: int = 2, user_layers: int = 3, item_layers: int = 2,
@@ -282,7 +290,7 @@ class MMHCL(Recommender):
         u, p, n = e_u[users], e_i[pos], e_i[neg]
         terms = {"bpr": bpr_logsigmoid((u * p).sum(1), (u * n).sum(1)),
                  "reg": self.regs * 0.5 * (u.pow(2).sum() + p.pow(2).sum() + n.pow(2).sum())
-                 / users.shape[0]}
+                 / batch_size(users)}
         if self.item_loss_ratio != 0:
             terms["cl_i2i"] = self.item_loss_ratio * all_node_infonce(
                 e_i, h_i, self.temperature, self.cl_chunk_size)

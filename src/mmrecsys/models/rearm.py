@@ -163,11 +163,12 @@ def rearm_homographs(data, *, user_k: int, item_k: int, uu_co_weight: float, ii_
     return g_u, g_i
 
 
-def _random_words(shape, device) -> torch.Tensor:
-    """Uniform 15-bit integers in [0, 2^15) as int16 (4 cut from every int64 draw)."""
+def _random_words(shape, device, generator=None) -> torch.Tensor:
+    """Uniform 15-bit integers in [0, 2^15) as int16 (4 cut from every int64 draw), from
+    ``generator`` (default: the global generator of ``device``)."""
     n = math.prod(shape)
     n4 = -(-n // 4)
-    words = torch.empty(n4, dtype=torch.int64, device=device).random_()
+    words = torch.empty(n4, dtype=torch.int64, device=device).random_(generator=generator)
     return (words & 0x7FFF7FFF7FFF7FFF).view(torch.int16)[:n].view(shape)
 
 
@@ -187,6 +188,21 @@ def dropout_keep_mask(shape, keep: float, device) -> torch.Tensor:
     return _keep_from_words(_random_words(shape, device), keep)
 
 
+def _rng_state(device) -> torch.Tensor:
+    """The state of the global generator of ``device`` (CPU or CUDA)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_rng_state(device)
+    return torch.get_rng_state()
+
+
+def _replay_generator(state: torch.Tensor, device) -> torch.Generator:
+    """A private generator that replays the global stream of ``device`` from ``state``."""
+    gen = torch.Generator(device=device)
+    gen.set_state(state)
+    return gen
+
+
 def _unnormalised_attention(q, k):
     """X_ab = exp(q_a k_b − max_b q_a k_b) and Z_a = Σ_b X_ab: softmax = X / Z (no (n,d,d) divide)."""
     mx = torch.where(q >= 0, q * k.amax(1, keepdim=True), q * k.amin(1, keepdim=True))
@@ -201,8 +217,10 @@ class _ScalarAttentionCore(torch.autograd.Function):
     recomputes them and needs only matrix–vector contractions, with P the softmax,
     Pm = P ∘ mask / (1 − p) and s = g ∘ o:
     dq = g ∘ Pm (v ∘ k) − s ∘ P k,  dk = v ∘ Pmᵀ (g ∘ q) − Pᵀ (s ∘ q),  dv = Pmᵀ g.
-    Only the random words of the dropout masks (int16) are kept between forward and backward. Contractions
-    are broadcast products + sums, which beat batched 64×64 mat-vec products on CPU.
+    No dropout mask is kept between forward and backward: the forward pass records the state
+    of the global generator, and the backward pass replays the same random words from it with
+    a private generator (the global stream is not touched again). Contractions are broadcast
+    products + sums, which beat batched 64×64 mat-vec products on CPU.
     """
 
     @staticmethod
@@ -216,18 +234,16 @@ class _ScalarAttentionCore(torch.autograd.Function):
             return torch.zeros_like(q)
         ctx.zero = False
         out = torch.empty_like(q)
-        masks = []
+        ctx.rng_state = _rng_state(q.device) if drop else None
         for s in range(0, n, chunk):
             e = min(s + chunk, n)
             x, z = _unnormalised_attention(q[s:e], k[s:e])
             if drop:
-                words = _random_words(x.shape, q.device)
-                x.mul_(_keep_from_words(words, keep))
-                masks.append(words)                        # int16: half the bytes of the mask
+                x.mul_(_keep_from_words(_random_words(x.shape, q.device), keep))
                 z = z * keep
             out[s:e] = (x * v[s:e, None, :]).sum(2) / z
         ctx.save_for_backward(q, k, v)
-        ctx.masks, ctx.drop, ctx.keep, ctx.chunk = masks, drop, keep, chunk
+        ctx.drop, ctx.keep, ctx.chunk = drop, keep, chunk
         return out
 
     @staticmethod
@@ -238,12 +254,13 @@ class _ScalarAttentionCore(torch.autograd.Function):
         q, k, v = ctx.saved_tensors
         g = g.contiguous()
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        for j, s in enumerate(range(0, q.shape[0], ctx.chunk)):
+        gen = _replay_generator(ctx.rng_state, q.device) if ctx.drop else None
+        for s in range(0, q.shape[0], ctx.chunk):
             e = min(s + ctx.chunk, q.shape[0])
             qs, ks, vs, gs = q[s:e], k[s:e], v[s:e], g[s:e]
             x, z = _unnormalised_attention(qs, ks)
             if ctx.drop:
-                xm = x * _keep_from_words(ctx.masks[j], ctx.keep)
+                xm = x * _keep_from_words(_random_words(x.shape, q.device, gen), ctx.keep)
                 zm = z * ctx.keep
             else:
                 xm, zm = x, z
@@ -255,7 +272,6 @@ class _ScalarAttentionCore(torch.autograd.Function):
             dk[s:e] = vs * (xm * (gz * qs)[:, :, None]).sum(1) \
                 - (x * (sv * qs / z)[:, :, None]).sum(1)
             dv[s:e] = (xm * gz[:, :, None]).sum(1)
-        ctx.masks = None
         return dq, dk, dv, None, None, None
 
 
@@ -270,10 +286,12 @@ class ScalarAttention(nn.Module):
         dropout: probability of dropping an entry of the attention map, training only.
             (default: ``0.0``)
         chunk_size: rows processed at a time (the (rows, d, d) attention map is the memory
-            cost; the result does not depend on it). (default: ``256``)
+            cost; for an even d the result, dropout draws included, does not depend on
+            it); ``None``: 256 on a CPU (a 4 MB map,
+            cache-sized), 8192 on a GPU (few large kernels). (default: ``None``)
     """
 
-    def __init__(self, dropout: float = 0.0, chunk_size: int = 256):
+    def __init__(self, dropout: float = 0.0, chunk_size: int | None = None):
         super().__init__()
         self.chunk_size = chunk_size
         self.in_proj_weight = nn.Parameter(torch.empty(3, 1))
@@ -295,8 +313,14 @@ class ScalarAttention(nn.Module):
         kk = w[1] * c + b[1]
         vv = w[2] * c + b[2]
         out = _ScalarAttentionCore.apply(qq, kk, vv, float(self.dropout), self.training,
-                                         self.chunk_size)    # (n, d)
+                                         self.rows_per_chunk(q.device))    # (n, d)
         return self.out_weight * out + self.out_bias
+
+    def rows_per_chunk(self, device) -> int:
+        """``chunk_size``, or the device's default (256 on CPU, 8192 on GPU)."""
+        if self.chunk_size is not None:
+            return int(self.chunk_size)
+        return 256 if torch.device(device).type == "cpu" else 8192
 
     def extra_repr(self) -> str:
         return f"dropout={self.dropout}"
@@ -421,6 +445,15 @@ class REARM(Recommender):
                      "uu_co_weight": 0.7, "ii_co_weight": 0.1, "user_knn_k": 45,
                      "item_knn_k": 10, "n_uu_layers": 1, "n_ii_layers": 1, "temperature": 0.03,
                      "cl_loss_weight": 1e-6, "diff_loss_weight": 1e-5},
+    }
+    # the official README/parser state no grid: the values of the presets across datasets
+    search_space = {
+        "num_layer": [4, 5], "weight_decay": [1e-5, 5e-4, 0.05], "rank": [3, 7],
+        "s_drop": [0.4, 1.0], "m_drop": [0.1, 0.2, 0.6], "u_mm_image_weight": [0.0, 0.1, 0.2],
+        "i_mm_image_weight": [0.0, 0.1, 0.2], "uu_co_weight": [0.4, 0.7, 0.9],
+        "ii_co_weight": [0.1, 0.2], "user_knn_k": [25, 40, 45], "item_knn_k": [5, 10],
+        "n_uu_layers": [1, 2], "n_ii_layers": [1, 2], "cl_tmp": [0.03, 0.6, 1.5],
+        "cl_loss_weight": [1e-6, 5e-6, 1e-3], "diff_loss_weight": [1e-5, 5e-5, 5e-4],
     }
 
     def __init__(self, data, cache=None, *, embedding_dim: int = 64, n_layers: int = 4,

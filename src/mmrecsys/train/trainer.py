@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import copy
 import csv
+import ctypes
 import io
 import math
+import os
 import pathlib
 import platform
 import random
+import sys
 import time
 import warnings
 from typing import Any
@@ -64,6 +67,49 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
+def _distributed() -> tuple[int, int]:
+    """(world size, rank) of an initialised ``torch.distributed`` group, else (1, 0)."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def init_distributed(device: str | None = None) -> tuple[int, int]:
+    """Join the process group described by torchrun's environment (``RANK``, ``WORLD_SIZE``,
+    ``MASTER_ADDR``, ``MASTER_PORT``): gloo on CPU, NCCL on CUDA. Returns (world, rank); (1, 0)
+    when not launched by torchrun."""
+    import os
+
+    import torch.distributed as dist
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or not dist.is_available():
+        return 1, 0
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available() and device not in ("cpu",)
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_world_size(), dist.get_rank()
+
+
+def reuse_freed_memory() -> bool:
+    """Ask glibc's malloc to serve large blocks from the heap and keep freed memory there.
+
+    By default glibc maps every block above 32 MB afresh and unmaps it when freed, so a model
+    whose every step allocates the same large temporaries (REARM's gradients of its feature
+    tables: 0.4 GB on Baby) page-faults them in again at every step (a fifth of its step time
+    was system time). Kept in the heap, they are reused; peak memory is unchanged. Linux with
+    glibc only; ``MMRECSYS_MALLOC_TUNING=0`` leaves malloc alone. Returns whether it applied.
+    """
+    if not sys.platform.startswith("linux") or os.environ.get("MMRECSYS_MALLOC_TUNING") == "0":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2 ** 30))
+    except (OSError, AttributeError):
+        return False
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
@@ -73,10 +119,13 @@ def seed_everything(seed: int) -> None:
 def build_model(data: Dataset, cfg: dict, device) -> torch.nn.Module:
     """The configured model on ``data``; a constructor's ValueError (a bad hyperparameter or a
     dataset the model cannot use) and running out of memory become a ConfigError."""
+    from ..graphs import knn_settings
     cls = get_model_class(cfg["model"])
     cache = GraphCache(cfg.get("cache_dir") or default_cache_dir())
     try:
-        model = cls(data, cache, **model_kwargs(cls, cfg))
+        with knn_settings(cfg.get("knn_backend", "torch"), cfg.get("knn_index", "flat")):
+            model = cls(data, cache, **model_kwargs(cls, cfg))
+        model.train_batch_size = cfg.get("batch_size")
         return model.to(device)
     except ValueError as e:
         raise ConfigError(f"{cls.name}: {e}") from e
@@ -277,7 +326,7 @@ def _fmt(d: dict, keys=("recall@20", "ndcg@20")) -> str:
 def fit(data: Dataset, model: str | None = None, overrides: dict | None = None, run_dir=None,
         device: str | None = "cpu", progress: bool = False, config: dict | None = None,
         resume: bool = False, log=print, file_cfg: dict | None = None,
-        log_every: int = 1) -> dict[str, Any]:
+        log_every: int = 1, on_evaluate=None) -> dict[str, Any]:
     """Train a model with early stopping; return a summary dict.
 
     Either ``config`` (a resolved configuration, e.g. from a run directory) or ``model`` plus
@@ -287,9 +336,14 @@ def fit(data: Dataset, model: str | None = None, overrides: dict | None = None, 
     The run directory is accepted before anything is written to it: a directory holding files
     is refused unless ``resume``. A run that fails before its first checkpoint removes what it
     wrote (it could not be resumed). ``log_every``: print every n-th epoch line (0: none).
+    ``on_evaluate(epoch, valid_metrics)``: called after each evaluation, once the epoch's files
+    are written; an exception it raises stops the run (its run directory stays resumable from
+    the last checkpoint) and propagates.
     """
     if config is None:
         config = run_config(model, data, file_cfg, overrides)
+    if _distributed()[1] != 0:  # data-parallel: process 0 alone writes the run directory
+        run_dir = None
     run = pathlib.Path(run_dir) if run_dir is not None else None
     fresh = created = False
     if run is not None:
@@ -297,6 +351,7 @@ def fit(data: Dataset, model: str | None = None, overrides: dict | None = None, 
     try:
         trainer = Trainer(data, config, run, device=device, progress=progress, log=log,
                           log_every=log_every)
+        trainer.on_evaluate = on_evaluate
         if resume and run is not None:
             trainer.resume()
         return trainer.fit()
@@ -320,10 +375,18 @@ class Trainer:
                  progress: bool = False, log=print, log_every: int = 1):
         validate_config(cfg, n_items=data.n_items, model_cls=get_model_class(cfg["model"]))
         self.cfg = cfg
+        self.world, self.rank = _distributed()
+        if self.rank != 0:  # one process writes the run directory and the log
+            run_dir, log, progress = None, None, False
         self.log = log or (lambda *a, **k: None)
         self.log_every, self.progress = log_every, progress
         self.data = prepare_data(data, cfg)
         self.device = resolve_device(device)
+        if self.world > 1 and self.device.type == "cuda" and self.device.index is None:
+            import os
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if self.device.type == "cpu":
+            reuse_freed_memory()
         self.run = pathlib.Path(run_dir) if run_dir is not None else None
         seed_everything(cfg["seed"])
         t_build = time.perf_counter()
@@ -336,12 +399,14 @@ class Trainer:
         self.stopper = EarlyStopping(cfg["valid_metrics"], cfg["patience"], cfg["valid_round"])
         self.history: list[dict] = []
         self.best: dict[str, Any] = {"epoch": -1, "valid": None, "test": None, "report": {}}
-        self.best_state = None
+        #: the best weights: a state dict, or the path of best.pt when there is a run directory
+        self.best_state: dict | pathlib.Path | None = None
         self.start_epoch = 0
         self.stopped_early = False
         self.finished = False
         self.fingerprint = self.data.fingerprint(with_features=True)
         self._resumed = False
+        self.on_evaluate = None  # optional callable(epoch, valid_metrics), after each evaluation
 
     # ------------------------------------------------------------------ resume
     def resume(self) -> None:
@@ -379,6 +444,7 @@ class Trainer:
                 if {k: tuple(v.shape) for k, v in self.best_state.items()} != {
                         k: tuple(v.shape) for k, v in own.items()}:
                     raise ValueError("best.pt holds other weights than the model's")
+                self.best_state = run / "best.pt"      # checked; read again by report()
         except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise RunError(f"{run}: its checkpoint does not fit the model built from its "
@@ -403,14 +469,17 @@ class Trainer:
         for users, pos, neg in tqdm(self.sampler.epoch(self.rng), total=len(self.sampler),
                                     desc=f"epoch {epoch}", leave=False,
                                     disable=not self.progress, dynamic_ncols=True):
-            u = torch.as_tensor(users, device=dev)
-            p = torch.as_tensor(pos, device=dev)
-            n = torch.as_tensor(neg, device=dev)
-            terms = net.loss(u, p, n)
-            loss = sum(terms.values())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if self.world > 1:
+                terms = self._parallel_step(users, pos, neg)
+            else:
+                u = torch.as_tensor(users, device=dev)
+                p = torch.as_tensor(pos, device=dev)
+                n = torch.as_tensor(neg, device=dev)
+                terms = net.loss(u, p, n)
+                loss = sum(terms.values())
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)  # free the gradients before the next forward pass
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             n_batches += 1
@@ -419,6 +488,52 @@ class Trainer:
         return {"epoch": epoch, "loss": sum(sums.values()) / n,
                 **{f"loss_{k}": v / n for k, v in sums.items()},
                 "train_seconds": round(time.perf_counter() - t0, 3)}
+
+    def _parallel_step(self, users, pos, neg) -> dict:
+        """One data-parallel step: every process draws the same global batch (same seed), takes
+        its share, and the gradients are summed over processes (``torch.distributed``), so the
+        step equals a single-process step on the global batch (float rounding aside).
+
+        A model whose ``data_parallel`` is "split" computes the loss of its share (its batch
+        terms are shares of the global value, its ``global_loss_terms`` count 1/world each); a
+        "replicate" model computes the whole global batch's loss on every process (exact, no
+        speed-up) and contributes 1/world of it. Returns the global value of each term.
+        """
+        import torch.distributed as dist
+        from ..models.layers import data_parallel
+        net, dev, world = self.net, self.device, self.world
+        split = getattr(net, "data_parallel", "replicate") == "split"
+        global_batch = len(users)
+        if split:
+            share = np.array_split(np.arange(len(users)), world)[self.rank]
+            users, pos, neg = users[share], pos[share], neg[share]
+        u = torch.as_tensor(users, device=dev)
+        p = torch.as_tensor(pos, device=dev)
+        n = torch.as_tensor(neg, device=dev)
+        if split:
+            with data_parallel(world, global_batch):
+                terms = net.loss(u, p, n)
+            glob = set(getattr(net, "global_loss_terms", ()))
+            terms = {k: v / world if k in glob else v for k, v in terms.items()}
+        else:
+            terms = {k: v / world for k, v in net.loss(u, p, n).items()}
+        loss = sum(terms.values())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [q for q in net.parameters() if q.requires_grad]
+        # a parameter no process has a gradient for stays without one (the optimiser skips it,
+        # as in a single process); the others are summed over processes
+        has = torch.tensor([q.grad is not None for q in params], dtype=torch.int32)
+        dist.all_reduce(has, op=dist.ReduceOp.MAX)
+        for q, h in zip(params, has.tolist()):
+            if h:
+                if q.grad is None:
+                    q.grad = torch.zeros_like(q)
+                dist.all_reduce(q.grad)
+        self.opt.step()
+        values = torch.stack([v.detach().reshape(()) for v in terms.values()])
+        dist.all_reduce(values)
+        return dict(zip(terms, values))
 
     def should_evaluate(self, epoch: int) -> bool:
         """Every ``eval_step`` epochs, and the last epoch of a run that never evaluated."""
@@ -437,9 +552,11 @@ class Trainer:
             test_res = ev("test", keep_topk=True)
             self.best = {"epoch": epoch, "valid": valid, "test": test_res.metrics,
                          "report": reports_of_test_pass(self.net, self.data, self.cfg, test_res)}
-            self.best_state = copy.deepcopy(self.net.state_dict())
-            if self.run is not None:
-                atomic_torch_save(self.run / "best.pt", self.best_state)
+            if self.run is None:
+                self.best_state = copy.deepcopy(self.net.state_dict())
+            else:  # the best weights live in best.pt, not in a second copy in memory
+                atomic_torch_save(self.run / "best.pt", self.net.state_dict())
+                self.best_state = self.run / "best.pt"
                 write_topk(self.run / "topk_test.tsv", test_res)
                 atomic_write_json(self.run / "metrics.json", self.summary(len(self.history) + 1))
         row.update({f"valid_{k}": v for k, v in valid.items()})
@@ -467,7 +584,9 @@ class Trainer:
 
     def report(self) -> dict[str, Any]:
         """Best weights loaded; metrics.json and history.csv written; the summary returned."""
-        if self.best_state is not None:
+        if isinstance(self.best_state, pathlib.Path):
+            self.net.load_state_dict(_load_checkpoint(self.best_state, self.device))
+        elif self.best_state is not None:
             self.net.load_state_dict(self.best_state)
         summary = self.summary()
         if self.run is not None:
@@ -536,6 +655,8 @@ class Trainer:
             if self.run is not None and (self.finished
                                          or (epoch + 1) % cfg["checkpoint_every"] == 0):
                 self.checkpoint(epoch)
+            if self.on_evaluate is not None and "eval_seconds" in row:
+                self.on_evaluate(epoch, valid)
             if self.finished:
                 break
         bar.close()

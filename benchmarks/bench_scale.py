@@ -1,0 +1,149 @@
+"""Scale: a million-item catalogue on one machine (graphs, training steps, full ranking).
+
+    python benchmarks/bench_scale.py [--users 2000000 --items 1000000 --interactions 20000000]
+        [--steps 20] [--eval-users 20000] [--knn-backend faiss --knn-index hnsw]
+        [--models lightgcn lgmrec mmhcl]
+
+1. writes the dataset with ``mmrecsys data synth --interactions`` (bounded memory; image 512-d,
+   text 384-d) under the benchmark cache, once;
+2. per model, in its own process (so each peak RSS is its own): graph construction (seconds,
+   peak RSS), ``--steps`` training steps (s/step, extrapolated to an epoch and labelled), and
+   full-ranking evaluation of ``--eval-users`` users over all items (extrapolated to every
+   held-out user, labelled);
+3. REARM is not run: its per-user modality tables do not fit (the estimate is printed).
+
+Every figure is printed as one line; extrapolations say so.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import resource
+import subprocess
+import sys
+import time
+import warnings
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
+def stage(args) -> dict:
+    """One model in this process: graphs, steps, evaluation."""
+    import numpy as np
+    import torch
+
+    import mmrecsys as mr
+    from mmrecsys.config import run_config
+    from mmrecsys.evaluation import rank_users
+    from mmrecsys.train.sampler import make_sampler
+    from mmrecsys.train.trainer import _optimizer, build_model
+    torch.set_num_threads(args.threads)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = time.perf_counter()
+        data = mr.load_dataset(args.data)
+        load_s = time.perf_counter() - t
+    out = {"model": args.model, "load_s": round(load_s, 1), "rss_after_load_gib": round(rss_gib(), 2)}
+    over = {"cache_dir": args.cache, "knn_backend": args.knn_backend, "knn_index": args.knn_index}
+    if args.model == "mmhcl":
+        over["preset"] = "none"
+    cfg = run_config(args.model, data, None, over)
+    t = time.perf_counter()
+    net = build_model(data, cfg, "cpu")
+    out["graphs_s"] = round(time.perf_counter() - t, 1)
+    out["graph_seconds"] = {k: round(v, 1) for k, v in getattr(net, "graph_seconds", {}).items()}
+    out["rss_after_graphs_gib"] = round(rss_gib(), 2)
+    opt, _ = _optimizer(net, cfg)
+    sampler = make_sampler(data, cfg["sampler"], cfg["batch_size"], cfg["negatives_from"], False)
+    rng = np.random.default_rng(0)
+    it = sampler.epoch(rng)
+    times = []
+    for _ in range(args.steps):
+        users, pos, neg = next(it)
+        t = time.perf_counter()
+        terms = net.loss(torch.as_tensor(users), torch.as_tensor(pos), torch.as_tensor(neg))
+        loss = sum(terms.values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t)
+    s_step = float(np.median(times[1:] if len(times) > 1 else times))
+    out.update(s_per_step=round(s_step, 3), steps_per_epoch=len(sampler),
+               s_per_epoch_extrapolated=round(s_step * len(sampler), 0),
+               rss_after_training_gib=round(rss_gib(), 2))
+    heldout = np.flatnonzero(np.diff(data.test.indptr) > 0)
+    sample = np.random.default_rng(1).choice(heldout, min(args.eval_users, len(heldout)),
+                                             replace=False)
+    t = time.perf_counter()
+    rank_users(net, data, sample, 50, "train", chunk_size=4096)
+    ev = time.perf_counter() - t
+    out.update(eval_users=len(sample), eval_s=round(ev, 1),
+               eval_all_users_s_extrapolated=round(ev * len(heldout) / len(sample), 0),
+               heldout_users=int(len(heldout)), peak_rss_gib=round(rss_gib(), 2))
+    return out
+
+
+def rearm_estimate(users: int, items: int, widths) -> str:
+    d = sum(widths)
+    table = users * d * 4
+    return (f"REARM: not run. It learns a (users × {d}) table of user modality features (the "
+            f"users' interest features, one row per user per modality): {table / 2**30:.1f} GiB as "
+            f"parameters, ×4 with the gradient and AdamW's two moments = {4 * table / 2**30:.1f} GiB, "
+            f"plus the item tables and the user-user similarity graph over {users:,} users; "
+            f"more than this machine's 24 GiB.")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--users", type=int, default=2_000_000)
+    ap.add_argument("--items", type=int, default=1_000_000)
+    ap.add_argument("--interactions", type=int, default=20_000_000)
+    ap.add_argument("--models", nargs="+", default=["lightgcn", "lgmrec", "mmhcl"])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--eval-users", type=int, default=20_000)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--knn-backend", default="faiss")
+    ap.add_argument("--knn-index", default="hnsw")
+    ap.add_argument("--stage", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    ap.add_argument("--data", help=argparse.SUPPRESS)
+    ap.add_argument("--cache", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.stage:
+        print(json.dumps(stage(args)), flush=True)
+        return
+    from common import WORK
+    name = f"scale-{args.users}-{args.items}-{args.interactions}"
+    data = WORK / name
+    if not (data / f"{name}.inter").exists():
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "mmrecsys.cli", "data", "synth", "--out", str(data),
+                        "--users", str(args.users), "--items", str(args.items),
+                        "--interactions", str(args.interactions)], check=True,
+                       env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "src")})
+        print(f"generate: {time.perf_counter() - t:.0f}s ({data})", flush=True)
+    cache = WORK / f"{name}-cache"
+    for m in args.models:
+        cmd = [sys.executable, __file__, "--stage", "--model", m, "--data", str(data),
+               "--cache", str(cache), "--steps", str(args.steps), "--eval-users",
+               str(args.eval_users), "--threads", str(args.threads), "--knn-backend",
+               args.knn_backend, "--knn-index", args.knn_index]
+        t = time.perf_counter()
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode:
+            tail = (res.stderr.strip().splitlines() or ["?"])[-1]
+            print(f"{m}: failed after {time.perf_counter() - t:.0f}s ({tail})", flush=True)
+        else:
+            print(res.stdout.strip().splitlines()[-1], flush=True)
+    print(rearm_estimate(args.users, args.items, (512, 384)))
+
+
+if __name__ == "__main__":
+    main()
