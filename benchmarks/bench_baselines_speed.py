@@ -14,11 +14,16 @@ for the real ones; every figure is labelled so. Runs with 2 torch threads (``--t
   extrapolates to a full epoch (labelled "extrapolated");
 * evaluation pass: validation and test ranking with all metrics, as the trainer's evaluation
   after an improving epoch (one ranking serves both splits when their masks are equal);
-* peak RSS of the process (``ru_maxrss``) after each phase.
+* peak RSS of the process (``ru_maxrss``) after each phase;
+* CPU seconds (process user + system time, all threads) of the same spans: on a shared machine
+  wall time grows with the load, CPU time much less, so CPU seconds compare runs made at
+  different loads better (with 2 threads and no contention, CPU ≈ up to 2 × wall).
 
 ``--ref FILE`` reads a reference timing record (keys ``hyperparameters``, ``seconds_per_epoch``
-or ``epoch_seconds_full_estimate``, ``eval_seconds``, ``peak_rss_mb``) and uses its
-hyperparameters, so both sides train the same configuration.
+or ``epoch_seconds_full_estimate``, ``epoch_cpu_seconds`` with ``n_batches_per_epoch_run`` and
+``n_batches_per_epoch_full``, ``eval_seconds``, ``peak_rss_mb``) and uses its hyperparameters,
+so both sides train the same configuration. A reference epoch cut short is extrapolated to the
+full epoch (its CPU seconds scaled by the batches), as the record's own wall estimate is.
 """
 from __future__ import annotations
 
@@ -93,47 +98,44 @@ def main():
                     return
                 yield item
         sampler.epoch = short_epoch
-    times = []
+    times, cpus = [], []
+    scale = n_batches / min(args.steps, n_batches) if args.steps else 1.0
     for e in range(args.epochs + (0 if args.no_warmup else 1)):
+        c0 = time.process_time()
         row = trainer.train_epoch(e)
-        secs = row["train_seconds"] * (n_batches / min(args.steps, n_batches) if args.steps else 1.0)
+        cpu = (time.process_time() - c0) * scale
+        secs = row["train_seconds"] * scale
         print(f"epoch {e}: {row['train_seconds']:.2f}s"
               + (f" for {min(args.steps, n_batches)} of {n_batches} batches, {secs:.2f}s extrapolated"
                  if args.steps else "") + f", loss {row['loss']:.4f}"
-              + (" (warm-up)" if e == 0 and not args.no_warmup else "") + f"  [{load()}]")
+              + f", CPU {cpu:.2f}s" + (" (warm-up)" if e == 0 and not args.no_warmup else "")
+              + f"  [{load()}]")
         if e > 0 or args.no_warmup:
             times.append(secs)
-    s_epoch = statistics.median(times)
+            cpus.append(cpu)
+    s_epoch, c_epoch = statistics.median(times), statistics.median(cpus)
     print(f"peak RSS after training {peak_rss_gb():.2f} GB")
 
-    evals = []
+    evals, eval_cpus = [], []
     for p in range(args.eval_passes):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         ev = EpochEvaluator(net, trainer.data, cfg, p, trainer.device)
         v = ev("valid").metrics
         t = ev("test", keep_topk=True).metrics
         evals.append(time.perf_counter() - t0)
-    s_eval = min(evals)
+        eval_cpus.append(time.process_time() - c0)
+    s_eval, c_eval = min(evals), min(eval_cpus)
     print(f"evaluation pass (valid + test): {', '.join(f'{x:.2f}s' for x in evals)}; valid recall@20 "
           f"{v['recall@20']:.4f}, test recall@20 {t['recall@20']:.4f}")
     rss = peak_rss_gb()
     label = f"{'extrapolated from ' + str(args.steps) + ' batches' if args.steps else 'full epochs'}"
     print(f"\n{args.model} on {args.dataset} (proxy features), {args.threads} threads, {label}:")
     print(f"{'':24}{'ours':>12}" + (f"{'reference':>12}{'speed-up':>10}" if ref else ""))
-    rows = [("s / epoch", s_epoch, None), ("s / eval (valid+test)", s_eval, None),
+    rows = [("s / epoch", s_epoch, None), ("CPU s / epoch", c_epoch, None),
+            ("s / eval (valid+test)", s_eval, None), ("CPU s / eval", c_eval, None),
             ("peak RSS (GB)", rss, None)]
     if ref:
-        ref_epoch = ref.get("epoch_seconds_full_estimate") or ref.get("seconds_per_epoch")
-        if isinstance(ref_epoch, list):
-            ref_epoch = statistics.median(ref_epoch)
-        ref_eval = ref.get("eval_seconds")
-        if isinstance(ref_eval, list):
-            ref_eval = statistics.median(ref_eval)
-        ref_rss = ref.get("peak_rss_mb")
-        if isinstance(ref_rss, dict):
-            ref_rss = max(ref_rss.values())
-        rows = [("s / epoch", s_epoch, ref_epoch), ("s / eval (valid+test)", s_eval, ref_eval),
-                ("peak RSS (GB)", rss, ref_rss / 1024 if ref_rss else None)]
+        rows = [(name, o, r) for (name, o, _), r in zip(rows, reference_figures(ref))]
     for name, o, r in rows:
         line = f"{name:24}{o:12.2f}"
         if ref:
@@ -141,7 +143,36 @@ def main():
             if r is not None and name != "peak RSS (GB)":
                 line += f"{r / o:9.1f}x"
         print(line)
+    if ref and ref.get("loadavg_end"):
+        print(f"(reference load at its end: {', '.join(f'{x:.2f}' for x in ref['loadavg_end'])})")
     print(f"end: {load()}")
+
+
+def _median(x):
+    if isinstance(x, list):
+        x = [v for v in x if v is not None]
+        return statistics.median(x) if x else None
+    return x
+
+
+def reference_figures(ref: dict) -> list:
+    """The reference's [s/epoch, CPU s/epoch, s/eval, CPU s/eval, peak RSS GB] (None: absent);
+    a truncated epoch's CPU seconds are scaled to the full number of batches."""
+    wall = _median(ref.get("epoch_seconds_full_estimate")) or _median(ref.get("seconds_per_epoch"))
+    cpu = None
+    if ref.get("epoch_cpu_seconds"):
+        full, run = ref.get("n_batches_per_epoch_full"), ref.get("n_batches_per_epoch_run") or []
+        cpus = [c * (full / r if full and r else 1.0) for c, r in
+                zip(ref["epoch_cpu_seconds"], run or [None] * len(ref["epoch_cpu_seconds"]))]
+        cpu = _median(cpus)
+    evals = ref.get("eval_seconds") or []
+    ev = _median([e["total"] if isinstance(e, dict) else e for e in evals]) if isinstance(evals, list) else evals
+    ev_cpu = _median([e["cpu_valid"] + e["cpu_test"] for e in evals
+                      if isinstance(e, dict) and "cpu_valid" in e]) if isinstance(evals, list) else None
+    rss = ref.get("peak_rss_mb")
+    if isinstance(rss, dict):
+        rss = max(v if not isinstance(v, list) else max(v) for v in rss.values() if v)
+    return [wall, cpu, ev, ev_cpu, rss / 1024 if rss else None]
 
 
 if __name__ == "__main__":
