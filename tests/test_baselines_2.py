@@ -287,6 +287,18 @@ def test_half_squared_l2_and_info_nce_are_the_reference_formulas():
     a, b = torch.randn(6, 4), torch.randn(6, 4)
     b[3] = b[1]                                           # repeated rows stay candidates
     torch.testing.assert_close(info_nce(a, b, 0.2), infonce_literal(a, b, 0.2))
+    # the distinct rows with their multiplicities give the loss over the repeated rows
+    rows = torch.tensor([0, 2, 2, 1, 0, 2, 3])
+    a.requires_grad_(True)
+    b.requires_grad_(True)
+    full = infonce_literal(a[rows], b[rows], 0.2)
+    ids, cnt = torch.unique(rows, return_counts=True)
+    dedup = info_nce(a[ids], b[ids], 0.2, cnt)
+    torch.testing.assert_close(dedup, full)
+    g_full = torch.autograd.grad(full, [a, b])
+    g_dedup = torch.autograd.grad(dedup, [a, b])
+    for x, y in zip(g_dedup, g_full):
+        torch.testing.assert_close(x, y)
 
 
 # ------------------------------------------------------------------ the models against the literal code
@@ -376,6 +388,21 @@ def test_smore_dropout_acts_in_training_only(data):
     m0.eval()
     with torch.no_grad():
         torch.testing.assert_close(m0.representations()[1], r1[1])
+
+
+def test_smore_dropout_mask_is_per_node_as_in_the_reference(data, monkeypatch):
+    """The reference drops entries of the preference gates of every node once per step, so a
+    node repeated in the batch carries one mask; ours fuses each distinct node once."""
+    m = build("smore", data, image_knn_k=4, text_knn_k=3, dropout=0.5)
+    m.train()
+    seen = []
+    fuse = m.fuse
+    monkeypatch.setattr(m, "fuse", lambda c, v: seen.append(len(c)) or fuse(c, v))
+    users = torch.tensor([3, 3, 3, 7])
+    pos, neg = torch.tensor([5, 5, 6, 6]), torch.tensor([6, 9, 9, 5])
+    terms = m.loss(users, pos, neg)
+    assert seen == [2, 3]                               # users {3, 7}; items {5, 6, 9}
+    assert all(torch.isfinite(t) for t in terms.values())
 
 
 def test_smore_needs_two_modalities():

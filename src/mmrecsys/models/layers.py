@@ -79,16 +79,25 @@ def half_squared_l2(*embeddings: torch.Tensor, divisor: float | None = None) -> 
     return total / (embeddings[0].shape[0] if divisor is None else divisor)
 
 
-def info_nce(view1: torch.Tensor, view2: torch.Tensor, temperature: float) -> torch.Tensor:
+def info_nce(view1: torch.Tensor, view2: torch.Tensor, temperature: float,
+             counts: torch.Tensor | None = None) -> torch.Tensor:
     """In-batch InfoNCE of MGCN and SMORE (their ``InfoNCE``): with cosine c,
     mean_b −log( exp(c(v1_b, v2_b)/τ) / Σ_b' exp(c(v1_b, v2_b')/τ) ).
 
-    Candidates are the batch's own rows, repeats included (a user twice in the batch is its own
-    negative). Written as logsumexp − positive (the same value without exp overflow)."""
+    Candidates are the batch's own rows, repeats included (a user twice in the batch is twice a
+    candidate). Written as logsumexp − positive (the same value without exp overflow).
+    ``counts``: the rows are the *distinct* nodes of the batch and ``counts`` their
+    multiplicities; then the result is exactly the loss over the batch with its repeats,
+    Σ_k n_k [log Σ_j n_j exp(c_kj/τ) − c_kk/τ] / Σ_k n_k, at K² instead of B² cost."""
     a = F.normalize(view1, dim=1)
     b = F.normalize(view2, dim=1)
     pos = (a * b).sum(1) / temperature
-    return (torch.logsumexp(a @ b.T / temperature, dim=1) - pos).mean()
+    logits = a @ b.T / temperature
+    if counts is None:
+        return (torch.logsumexp(logits, dim=1) - pos).mean()
+    w = counts.to(logits.dtype)
+    lse = torch.logsumexp(logits + w.log()[None, :], dim=1)
+    return (w * (lse - pos)).sum() / w.sum()
 
 
 def emb_loss(*embeddings: torch.Tensor) -> torch.Tensor:

@@ -41,8 +41,10 @@ Reference behaviour reproduced: the raw features are trainable tables fine-tuned
 (``nn.Embedding.from_pretrained(freeze=False)``; ``train_features=False`` freezes them); the
 full graph forward runs at every batch and at evaluation; xavier-uniform user and item tables,
 PyTorch's default initialisation for every linear layer; modalities in the dataset's order.
-Exact shortcuts: the fuser is row-wise, so a training step fuses only the rows its batch reads
-(users, positive and negative items); the propagation on Â, S_m and R̂ stays over all nodes.
+Exact shortcuts: the fuser is row-wise, so a training step fuses only the distinct nodes its
+batch reads (users, positive and negative items; :func:`batch_loss`), and the InfoNCE terms run
+over the distinct nodes weighted by their multiplicity; the propagation on Â, S_m and R̂ stays
+over all nodes.
 """
 from __future__ import annotations
 
@@ -53,6 +55,35 @@ from ..graphs import SparseGraph, normalized_adjacency
 from .base import Recommender
 from .lattice import _TRAIN, skip_init_linear
 from .layers import bpr_logsigmoid, half_squared_l2, info_nce, power, propagate
+
+
+def batch_loss(model, users, pos, neg) -> dict[str, torch.Tensor]:
+    """BPR + regulariser + InfoNCE of MGCN and SMORE for a batch, fusing each distinct node once.
+
+    The fuser is row-wise, so its output for the batch's rows is the reference's full-graph
+    output at those rows. A node repeated in the batch (a user with several rows, an item both
+    positive and negative) is fused once and its row reused, as in the reference, where the
+    fusion (and SMORE's dropout mask) is per node; the InfoNCE terms weight the distinct nodes
+    by their multiplicity (:func:`~mmrecsys.models.layers.info_nce`), which is exactly the
+    reference's loss over the repeated rows. ``model`` provides ``views()``, ``fuse()``,
+    ``n_users``, ``temperature``, ``reg_weight``, ``cl_weight``, ``train_batch_size``.
+    """
+    content, v_users, v_items = model.views()
+    b = len(pos)
+    u_ids, u_inv, u_cnt = torch.unique(users, return_inverse=True, return_counts=True)
+    i_ids, i_inv = torch.unique(torch.cat([pos, neg]), return_inverse=True)
+    c_u, c_i = content[u_ids], content[model.n_users + i_ids]
+    e_u, side_u = model.fuse(c_u, [v[u_ids] for v in v_users])
+    e_i, side_i = model.fuse(c_i, [v[i_ids] for v in v_items])
+    u, it = e_u[u_inv], e_i[i_inv]
+    i, j = it[:b], it[b:]
+    reg = half_squared_l2(u, i, j, divisor=model.train_batch_size or len(users))
+    p_ids, p_cnt = torch.unique(pos, return_counts=True)
+    p_rows = torch.searchsorted(i_ids, p_ids)                       # positives among i_ids
+    cl = info_nce(side_i[p_rows], c_i[p_rows], model.temperature, p_cnt) + \
+        info_nce(side_u, c_u, model.temperature, u_cnt)
+    return {"bpr": bpr_logsigmoid((u * i).sum(1), (u * j).sum(1)),
+            "reg": model.reg_weight * reg, "cl": model.cl_weight * cl}
 
 
 class MGCN(Recommender):
@@ -168,18 +199,7 @@ class MGCN(Recommender):
         return content + side, side
 
     def loss(self, users, pos, neg):
-        content, v_users, v_items = self.views()
-        items = torch.cat([pos, neg])
-        c_u, c_i = content[users], content[self.n_users + items]
-        u, side_u = self.fuse(c_u, [v[users] for v in v_users])
-        it, side_i = self.fuse(c_i, [v[items] for v in v_items])
-        b = len(pos)
-        i, j = it[:b], it[b:]
-        reg = half_squared_l2(u, i, j, divisor=self.train_batch_size or len(users))
-        cl = info_nce(side_i[:b], c_i[:b], self.temperature) + \
-            info_nce(side_u, c_u, self.temperature)
-        return {"bpr": bpr_logsigmoid((u * i).sum(1), (u * j).sum(1)),
-                "reg": self.reg_weight * reg, "cl": self.cl_weight * cl}
+        return batch_loss(self, users, pos, neg)
 
     def representations(self):
         content, v_users, v_items = self.views()

@@ -43,7 +43,9 @@ user and item tables, PyTorch's default linear layers, standard-normal filters W
 imaginary parts), dropout masks drawn per step. Two modalities, the first the image (visual)
 one: the dataset's order, image_feat before text_feat. Exact shortcuts: the preference module is
 row-wise, so a training step evaluates it only on the rows its batch reads (the dropout masks of
-the other rows, which the code draws and discards, are not drawn).
+the other rows, which the code draws and discards, are not drawn); as in the code, the mask is
+per node: a node repeated in the batch is fused once, with one mask
+(:func:`mmrecsys.models.mgcn.batch_loss`).
 """
 from __future__ import annotations
 
@@ -56,7 +58,8 @@ from torch import nn
 from ..graphs import SparseGraph, elementwise_max, normalized_adjacency
 from .base import Recommender
 from .lattice import _TRAIN, skip_init_linear
-from .layers import bpr_logsigmoid, half_squared_l2, info_nce, power, propagate
+from .layers import power, propagate
+from .mgcn import batch_loss
 
 
 def _gate(d: int) -> nn.Linear:
@@ -220,18 +223,7 @@ class SMORE(Recommender):
         return content + side, side
 
     def loss(self, users, pos, neg):
-        content, v_users, v_items = self.views()
-        items = torch.cat([pos, neg])
-        c_u, c_i = content[users], content[self.n_users + items]
-        u, side_u = self.fuse(c_u, [v[users] for v in v_users])
-        it, side_i = self.fuse(c_i, [v[items] for v in v_items])
-        b = len(pos)
-        i, j = it[:b], it[b:]
-        reg = half_squared_l2(u, i, j, divisor=self.train_batch_size or len(users))
-        cl = info_nce(side_i[:b], c_i[:b], self.temperature) + \
-            info_nce(side_u, c_u, self.temperature)
-        return {"bpr": bpr_logsigmoid((u * i).sum(1), (u * j).sum(1)),
-                "reg": self.reg_weight * reg, "cl": self.cl_weight * cl}
+        return batch_loss(self, users, pos, neg)
 
     def representations(self):
         content, v_users, v_items = self.views()
