@@ -159,11 +159,11 @@ def main():
         r_eval_cpu = [x["cpu_valid"] + x["cpu_test"] for x in ref.get("eval_seconds", []) if "cpu_test" in x]
         r_eval_cpu = float(np.median(r_eval_cpu)) if r_eval_cpu else None
         r_cpu = None
-        if ref.get("epoch_cpu_seconds") and ref.get("batch_seconds"):
-            # CPU seconds of the batches run, extrapolated to the epoch like the wall time
-            n_full = ref.get("n_batches_per_epoch_full")
-            r_cpu = float(np.median([c / max(1, len(b)) * n_full for c, b in
-                                     zip(ref["epoch_cpu_seconds"], ref["batch_seconds"])]))
+        if ref.get("epoch_cpu_seconds") and ref.get("epoch_seconds") and est:
+            # CPU seconds of the span run, scaled to the epoch as its wall time was (CPU/wall of
+            # the span × the extrapolated wall time; the first batch may differ from the others)
+            r_cpu = float(np.median([c / w * e for c, w, e in
+                                     zip(ref["epoch_cpu_seconds"], ref["epoch_seconds"], est)]))
         peaks = ref.get("peak_rss_mb", {})
         r_peak = max([v for v in [peaks.get("final"), *(peaks.get("after_each_epoch") or []),
                                   *(peaks.get("after_each_eval") or [])] if v] or [0]) / 1024

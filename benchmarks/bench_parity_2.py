@@ -117,6 +117,9 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ref = json.loads(pathlib.Path(args.ref).read_text())
+    if ref.get("status", "done") != "done":
+        raise SystemExit(f"{args.ref}: the reference run is not finished (status {ref.get('status')!r}, "
+                         f"{len(ref.get('valid_recall@20', []))} epochs); wait for it")
     hp = ref["hyperparameters"]
     overrides = MAPS[args.model](hp)
     if int(hp.get("seed", 999)) != args.seeds[0]:
@@ -130,6 +133,9 @@ def main():
         for s in args.seeds:
             runs.append(train_ours(args.model, data, overrides, args.epochs, s, cache))
     ours = runs[0]
+    if args.out:
+        pathlib.Path(args.out).write_text(json.dumps({"model": args.model, "ref": args.ref,
+                                                      "runs": runs}, indent=1))
 
     print(f"\n{'':26s}{'ours (seed %d)' % ours['seed']:>22s}{'reference':>22s}")
     for e in BATCH_EPOCHS:
@@ -151,15 +157,13 @@ def main():
         for key in ("best_valid", "test_at_best"):
             v = [r[key] for r in runs]
             print(f"  {key:22s} {np.mean(v):.4f} ± {np.std(v):.4f}  {v}")
-        curves = np.array([r["valid_recall@20"] for r in runs])
-        refc = np.array(ref["valid_recall@20"][: curves.shape[1]])
+        n = min(len(ref["valid_recall@20"]), len(runs[0]["valid_recall@20"]))
+        curves = np.array([r["valid_recall@20"][:n] for r in runs])
+        refc = np.array(ref["valid_recall@20"][:n])
         lo, hi = curves.min(0), curves.max(0)
         inside = ((refc >= lo) & (refc <= hi)).mean()
         print(f"  reference valid curve inside our min–max band at {inside:.0%} of the epochs; "
               f"mean |ours − ref| {np.abs(curves.mean(0) - refc).mean():.4f}")
-    if args.out:
-        pathlib.Path(args.out).write_text(json.dumps({"model": args.model, "ref": args.ref,
-                                                      "runs": runs}, indent=1))
 
 
 if __name__ == "__main__":

@@ -124,6 +124,9 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-eval", action="store_true", help="skip the evaluation pass")
+    ap.add_argument("--cache-dir", default=None,
+                    help="graph cache to use instead of an empty one (graphs_s then measures "
+                         "loading; for memory runs that need not rebuild the graphs)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"bench_speed: {args.model} on {args.dataset} (PROXY FEATURES: 4096-d image, 384-d text), "
@@ -131,8 +134,9 @@ def main(argv=None):
           flush=True)
     data = load_dataset(proxy_dataset(args.dataset))
     with tempfile.TemporaryDirectory(prefix="mmrecsys-bench-speed-") as tmp:
-        os.environ["MMRECSYS_CACHE"] = str(pathlib.Path(tmp) / "cache")
-        overrides = {**parse_overrides(args.sets), "cache_dir": str(pathlib.Path(tmp) / "cache")}
+        cache = args.cache_dir or str(pathlib.Path(tmp) / "cache")
+        os.environ["MMRECSYS_CACHE"] = cache
+        overrides = {**parse_overrides(args.sets), "cache_dir": cache}
         cfg = run_config(args.model, data, None, overrides)
         print(f"preset {cfg.get('preset')}; " + ", ".join(f"{k}={cfg[k]}" for k in sorted(
             overrides) if k in cfg and k != "cache_dir"), flush=True)
@@ -143,7 +147,8 @@ def main(argv=None):
             trainer = Trainer(data, cfg, run, device=args.device, log=None)
         graphs = getattr(trainer.net, "graph_seconds", {}) or {}
         figure("graphs_s", trainer.build_seconds, args.model, args.dataset,
-               "model build, empty cache; " + ", ".join(f"{k} {v:.1f}" for k, v in graphs.items()))
+               ("model build, FROM THE GIVEN CACHE; " if args.cache_dir else
+                "model build, empty cache; ") + ", ".join(f"{k} {v:.1f}" for k, v in graphs.items()))
         steps_per_epoch = len(trainer.sampler)
         if args.steps:
             first, times = train_steps(trainer, args.steps)

@@ -1,6 +1,5 @@
 """Co-occurrence and similarity graphs, sparse and chunked (the building blocks of REARM's
-homographs, assembled in :mod:`mmrecsys.models.rearm`; the similarity graph is also FREEDOM's
-item–item graph, :mod:`mmrecsys.models.freedom`).
+homographs; REARM assembles them in :mod:`mmrecsys.models.rearm`).
 
 Ma et al., "Refining Contrastive Learning and Homography Relations for Multi-Modal
 Recommendation", ACM MM 2025 (arXiv:2508.13745), Sec. 4.2; official code ``MrShouxingMa/REARM``
@@ -34,7 +33,6 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
 from .adjacency import binarize, inv_power
 from .knn import knn_graph, knn_to_csr
@@ -152,29 +150,15 @@ def user_interest_features(train: sp.spmatrix, features: np.ndarray) -> np.ndarr
     return np.asarray(sp.diags(inv) @ (r @ np.asarray(features, dtype=np.float32)), dtype=np.float32)
 
 
-def similarity_graph(features, k: int, chunk_size: int = 4096, device=None, *,
-                     values: str = "cosine", tiles: bool = True) -> sp.csr_matrix:
-    """S_k / k: the k nearest rows of every row by cosine similarity (itself included), each
-    entry scaled by 1/k.
+def similarity_graph(features, k: int, chunk_size: int = 4096, device=None) -> sp.csr_matrix:
+    """S_k / k: the k largest cosine values of every row (itself included), scaled by 1/k.
 
-    Args:
-        values: ``"cosine"``: the entries are the cosine values (REARM's ``get_knn_adj_mat``);
-            ``"binary"``: they are 1, so every entry is 1/k, which equals D^{-1/2} A D^{-1/2} of
-            the binary kNN adjacency A, D = its row sums = k (FREEDOM's
-            ``compute_normalized_laplacian``, ``enoche/MMRec`` ``src/models/freedom.py``).
-            (default: ``"cosine"``)
-        tiles: compute only the tiles on and above the diagonal (half the products); ``False``
-            ranks full rows, which picks exactly tied neighbours as ``torch.topk`` over the
-            dense similarity matrix does (see :func:`~mmrecsys.graphs.knn.knn_graph`).
-            (default: ``True``)
+    Computed on symmetric tiles (:func:`~mmrecsys.graphs.knn.knn_graph` with ``tiles=True``).
     """
-    if values not in ("cosine", "binary"):
-        raise ValueError(f"values={values!r}: use 'cosine' or 'binary'")
-    idx, val = knn_graph(features, k, chunk_size=chunk_size, metric="cosine", tiles=tiles,
+    idx, val = knn_graph(features, k, chunk_size=chunk_size, metric="cosine", tiles=True,
                          device=device)
     kk = idx.shape[1]
-    val = val / kk if values == "cosine" else torch.full_like(val, 1.0 / kk)
-    return knn_to_csr(idx.cpu().numpy(), val.cpu().numpy(), n_cols=idx.shape[0])
+    return knn_to_csr(idx.cpu().numpy(), (val / kk).cpu().numpy(), n_cols=idx.shape[0])
 
 
 def weighted_sum(terms) -> sp.csr_matrix:

@@ -213,32 +213,40 @@ def knn_to_csr(indices, values, n_cols: int | None = None) -> sp.csr_matrix:
 
 
 def knn_adjacency(features, k: int, *, normalization: str = "sym", chunk_size: int = 2048,
-                  device=None, **knn_kwargs) -> sp.csr_matrix:
+                  device=None, values: str = "similarity", eps: float = 0.0,
+                  **knn_kwargs) -> sp.csr_matrix:
     """The weighted top-k cosine graph of the rows of ``features``, normalised, as CSR.
 
     Row i keeps the ``k`` largest cosine similarities of i over all rows, the row itself
     included (its similarity 1 normally ranks first; ``torch.topk``'s tie order), **with the
-    similarity values as weights**; then
+    similarity values as weights** (``values="binary"``: with weight 1); then
 
-    * ``"sym"``: D^{-1/2} A D^{-1/2}, D = diag(row sums of A) (A is not symmetric: row sums);
+    * ``"sym"``: D^{-1/2} A D^{-1/2}, D = diag(row sums of A + ``eps``) (A is not symmetric:
+      row sums);
     * ``"rw"``: D^{-1} A;  ``"none"``: A.
 
     This is MMRec's ``build_knn_normalized_graph(build_sim(X), k, norm_type)`` and LATTICE's
     ``compute_normalized_laplacian(build_knn_neighbourhood(build_sim(X), k))`` (``enoche/MMRec``
-    ``src/utils/utils.py``), built without the dense N×N similarity matrix: one (chunk, N) block
-    at a time (:func:`knn_graph`). Rows with a non-positive sum get a zero scale (the reference
-    codes give 0 for a zero sum, NaN for a negative one; all-zero feature rows, NaN there, have
-    similarity 0 here).
+    ``src/utils/utils.py``); with ``values="binary"``, ``eps=1e-7`` it is FREEDOM's
+    ``get_knn_adj_mat`` + ``compute_normalized_laplacian`` (``src/models/freedom.py``: every
+    row sums to k, so every entry is 1/k). Built without the dense N×N similarity matrix: one
+    (chunk, N) block at a time (:func:`knn_graph`). Rows with a non-positive sum get a zero
+    scale (the reference codes give 0 for a zero sum, NaN for a negative one; all-zero feature
+    rows, NaN there, have similarity 0 here).
     """
+    if values not in ("similarity", "binary"):
+        raise ValueError(f"values={values!r}: use 'similarity' or 'binary'")
     idx, val = knn_graph(features, k, chunk_size=chunk_size, metric="cosine", device=device,
                          **knn_kwargs)
+    if values == "binary":
+        val = torch.ones_like(val)
     a = knn_to_csr(idx, val, n_cols=idx.shape[0])
     if normalization == "sym":
         from .adjacency import sym_normalize
-        return sym_normalize(a, eps=0.0)
+        return sym_normalize(a, eps=eps)
     if normalization == "rw":
         from .adjacency import row_normalize
-        return row_normalize(a)
+        return row_normalize(a, eps=eps)
     if normalization == "none":
         return a
     raise ValueError(f"normalization={normalization!r}: use 'sym', 'rw' or 'none'")

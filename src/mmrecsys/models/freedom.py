@@ -49,7 +49,7 @@ xavier-uniform over the whole tables; ``lambda_coeff`` and ``cf_model`` of the y
 by the code and are not keys here.
 
 Sparse and bounded: the kNN graphs come from the package's chunked exact top-k
-(:func:`~mmrecsys.graphs.cooccurrence.similarity_graph`, full rows, so ties resolve as the
+(:func:`~mmrecsys.graphs.knn_adjacency` with binary values, full rows, so ties resolve as the
 code's ``torch.topk`` over the dense cosine matrix; an all-zero feature row has cosine 0 to
 every item here, NaN in the code) and are cached; the code builds the dense I × I cosine matrix.
 The pruned graph is sampled and normalised with vectorised sparse operations.
@@ -67,13 +67,13 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from ..graphs import SparseGraph, binarize, inv_power, normalized_adjacency
-from ..graphs.cooccurrence import similarity_graph, weighted_sum
+from ..graphs import SparseGraph, binarize, inv_power, knn_adjacency, normalized_adjacency
+from ..graphs.cooccurrence import weighted_sum
 from .base import Recommender
 from .layers import FeatureTable, bpr_logsigmoid, modality_weights, power, propagate
 
 _EPS_DEG = 1e-7
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2  # 2: knn_adjacency (binary, sym with eps 1e-7)
 
 
 def freedom_item_graph(features: list, k: int, image_weight: float,
@@ -81,8 +81,9 @@ def freedom_item_graph(features: list, k: int, image_weight: float,
     """S = Σ_m w_m D^{-1/2} S_m D^{-1/2}: the weighted kNN graphs of the modalities (module
     docstring), float32 CSR (I, I), directed (row i holds the neighbours of item i)."""
     weights = modality_weights(len(features), image_weight)
-    return weighted_sum([(w, similarity_graph(x, k, chunk_size, values="binary", tiles=False)
-                          if w != 0 else None) for w, x in zip(weights, features)])
+    return weighted_sum([(w, knn_adjacency(x, k, normalization="sym", values="binary", eps=_EPS_DEG,
+                                           chunk_size=chunk_size) if w != 0 else None)
+                         for w, x in zip(weights, features)])
 
 
 def degree_sensitive_sample(users: torch.Tensor, items: torch.Tensor, weights: torch.Tensor,

@@ -49,7 +49,7 @@ Behaviour of the reference reproduced (quirks):
 * modalities in the dataset's order (MMRec: image, then text).
 
 Sparse and bounded (the reference holds S, kNN_k(F_m) and S^o_m as dense I × I matrices, which
-fails on large catalogues): the kNN searches run in (chunk, I) blocks
+fails on large catalogues: a 63,001² matrix on Elec, MMRec issues #10 and #22): the kNN searches run in (chunk, I) blocks
 (:func:`mmrecsys.graphs.knn_graph`, the reference's ``torch.topk`` neighbour sets), S^o_m are
 cached sparse graphs, and S is an :class:`~mmrecsys.graphs.EdgeList` with at most 2·M·k
 entries per row whose values carry the gradient (the dense matrix's zeros carry none, so the

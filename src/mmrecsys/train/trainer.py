@@ -25,14 +25,11 @@ from __future__ import annotations
 
 import copy
 import csv
-import ctypes
 import io
 import math
-import os
 import pathlib
 import platform
 import random
-import sys
 import time
 import warnings
 from typing import Any
@@ -89,25 +86,6 @@ def init_distributed(device: str | None = None) -> tuple[int, int]:
         cuda = torch.cuda.is_available() and device not in ("cpu",)
         dist.init_process_group("nccl" if cuda else "gloo")
     return dist.get_world_size(), dist.get_rank()
-
-
-def reuse_freed_memory() -> bool:
-    """Ask glibc's malloc to serve large blocks from the heap and keep freed memory there.
-
-    By default glibc maps every block above 32 MB afresh and unmaps it when freed, so a model
-    whose every step allocates the same large temporaries (REARM's gradients of its feature
-    tables: 0.4 GB on Baby) page-faults them in again at every step (a fifth of its step time
-    was system time). Kept in the heap, they are reused; peak memory is unchanged. Linux with
-    glibc only; ``MMRECSYS_MALLOC_TUNING=0`` leaves malloc alone. Returns whether it applied.
-    """
-    if not sys.platform.startswith("linux") or os.environ.get("MMRECSYS_MALLOC_TUNING") == "0":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_max = -1, -4
-        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2 ** 30))
-    except (OSError, AttributeError):
-        return False
 
 
 def seed_everything(seed: int) -> None:
@@ -385,8 +363,6 @@ class Trainer:
         if self.world > 1 and self.device.type == "cuda" and self.device.index is None:
             import os
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        if self.device.type == "cpu":
-            reuse_freed_memory()
         self.run = pathlib.Path(run_dir) if run_dir is not None else None
         seed_everything(cfg["seed"])
         t_build = time.perf_counter()
