@@ -85,11 +85,12 @@ def main(argv=None):
     ap.add_argument("--max-epochs", type=int, default=None)
     ap.add_argument("--table-only", action="store_true", help="print the table of --out")
     ap.add_argument("--verbose", action="store_true", help="log every epoch (to stderr)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--explain", action="store_true",
                     help="train each model once (first seed) and print how it scores new/cold items")
     args = ap.parse_args(argv)
     if args.explain:
-        return explain(args.models, args.seeds[0], args.max_epochs)
+        return explain(args.models, args.seeds[0], args.max_epochs, args.threads)
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = [json.loads(x) for x in out.read_text().splitlines()] if out.exists() else []
@@ -98,7 +99,7 @@ def main(argv=None):
         import logging
 
         import torch
-        torch.set_num_threads(2)
+        torch.set_num_threads(args.threads)
         if args.verbose:
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
         for seed in args.seeds:
@@ -151,9 +152,9 @@ def diagnose(m, items: np.ndarray) -> dict:
             "norm_ratio": float(norms[in_set].mean() / norms[~in_set].mean())}
 
 
-def explain(models, seed, max_epochs):
+def explain(models, seed, max_epochs, threads: int = 2):
     import torch
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     base, cold = datasets(seed)
     for model in models:
         for setting, path, key in (("new items", base, "new_items"), ("cold", cold, "cold_items")):
