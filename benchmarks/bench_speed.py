@@ -149,6 +149,7 @@ def main(argv=None):
         figure("graphs_s", trainer.build_seconds, args.model, args.dataset,
                ("model build, FROM THE GIVEN CACHE; " if args.cache_dir else
                 "model build, empty cache; ") + ", ".join(f"{k} {v:.1f}" for k, v in graphs.items()))
+        phases = {"graphs": peak_rss_gib()}
         steps_per_epoch = len(trainer.sampler)
         if args.steps:
             first, times = train_steps(trainer, args.steps)
@@ -164,6 +165,7 @@ def main(argv=None):
                    f"one full epoch / {steps_per_epoch} steps")
             figure("s_per_epoch", row["train_seconds"], args.model, args.dataset,
                    f"MEASURED: one full epoch of {steps_per_epoch} steps")
+        phases["training"] = peak_rss_gib()
         if not args.no_eval:
             t0 = time.perf_counter()
             ev = EpochEvaluator(trainer.net, trainer.data, trainer.cfg, 0, trainer.device)
@@ -171,12 +173,15 @@ def main(argv=None):
             ev("test", keep_topk=True)
             figure("eval_s", time.perf_counter() - t0, args.model, args.dataset,
                    "one evaluation pass: valid + test, as the trainer ranks them")
+            phases["evaluation"] = peak_rss_gib()
             t0 = time.perf_counter()
             trainer.evaluate(0, {})
             print(f"{'trainer_eval_s':13s} {time.perf_counter() - t0:10.3f}  (Trainer.evaluate after "
                   f"an improving epoch: the same pass plus the test-pass reports and best.pt)",
                   flush=True)
-        figure("peak_rss_gib", peak_rss_gib(), args.model, args.dataset, "ru_maxrss")
+            phases["trainer.evaluate"] = peak_rss_gib()
+        figure("peak_rss_gib", peak_rss_gib(), args.model, args.dataset, "ru_maxrss; after " +
+               ", ".join(f"{k} {v:.2f}" for k, v in phases.items()))
     print(f"done; {load()}", flush=True)
 
 
