@@ -90,7 +90,7 @@ def figure(name: str, value: float, model: str, dataset: str, label: str = "") -
 def train_steps(trainer: Trainer, n_steps: int) -> tuple[float, list[float]]:
     """The trainer's loop body for the first 1 + n_steps batches of epoch 0: (warm-up step
     seconds, timed step seconds)."""
-    net, opt, dev = trainer.net, trainer.opt, trainer.device
+    net, dev = trainer.net, trainer.device
     net.train()
     net.pre_epoch(0)
     times = []
@@ -99,15 +99,8 @@ def train_steps(trainer: Trainer, n_steps: int) -> tuple[float, list[float]]:
         if i > n_steps:
             break
         t0 = time.perf_counter()
-        u = torch.as_tensor(users, device=dev)
-        p = torch.as_tensor(pos, device=dev)
-        n = torch.as_tensor(neg, device=dev)
-        terms = net.loss(u, p, n)
-        loss = sum(terms.values())
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        float(loss.detach())  # synchronise (CUDA)
+        terms = trainer.train_step(users, pos, neg)
+        float(sum(terms.values()).detach())  # synchronise (CUDA)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         times.append(time.perf_counter() - t0)

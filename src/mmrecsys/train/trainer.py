@@ -436,7 +436,7 @@ class Trainer:
     # ------------------------------------------------------------------ steps
     def train_epoch(self, epoch: int) -> dict:
         """One pass over the sampler's batches; the history row (mean loss terms, seconds)."""
-        net, opt, dev = self.net, self.opt, self.device
+        net = self.net
         t0 = time.perf_counter()
         net.train()
         net.pre_epoch(epoch)
@@ -445,17 +445,7 @@ class Trainer:
         for users, pos, neg in tqdm(self.sampler.epoch(self.rng), total=len(self.sampler),
                                     desc=f"epoch {epoch}", leave=False,
                                     disable=not self.progress, dynamic_ncols=True):
-            if self.world > 1:
-                terms = self._parallel_step(users, pos, neg)
-            else:
-                u = torch.as_tensor(users, device=dev)
-                p = torch.as_tensor(pos, device=dev)
-                n = torch.as_tensor(neg, device=dev)
-                terms = net.loss(u, p, n)
-                loss = sum(terms.values())
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)  # free the gradients before the next forward pass
+            terms = self.train_step(users, pos, neg)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             n_batches += 1
@@ -464,6 +454,22 @@ class Trainer:
         return {"epoch": epoch, "loss": sum(sums.values()) / n,
                 **{f"loss_{k}": v / n for k, v in sums.items()},
                 "train_seconds": round(time.perf_counter() - t0, 3)}
+
+    def train_step(self, users, pos, neg) -> dict:
+        """One optimisation step on a batch of (user, positive, negative) index arrays: loss,
+        backward, optimiser step, gradients freed; returns the loss terms (tensors)."""
+        if self.world > 1:
+            return self._parallel_step(users, pos, neg)
+        dev = self.device
+        u = torch.as_tensor(users, device=dev)
+        p = torch.as_tensor(pos, device=dev)
+        n = torch.as_tensor(neg, device=dev)
+        terms = self.net.loss(u, p, n)
+        loss = sum(terms.values())
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)  # free the gradients before the next forward pass
+        return terms
 
     def _parallel_step(self, users, pos, neg) -> dict:
         """One data-parallel step: every process draws the same global batch (same seed), takes
