@@ -383,3 +383,10 @@ def test_postgres_two_workers_record_every_trial_once(capsys):
         pytest.skip(out.strip())
     assert rc == 0, out
     assert "ok: every grid point recorded exactly once" in out
+
+
+def test_plot_colours_distinct_beyond_ten_series():
+    from mmrecsys.experiments.plots import _colours
+    for n in (3, 10, 11, 20, 25):
+        cols = _colours(n)
+        assert len(cols) == n and len(set(map(tuple, cols))) == n

@@ -42,9 +42,15 @@ def _save(fig, path) -> pathlib.Path:
 
 
 def _colours(n):
+    """n distinct colours: tab10 up to 10 series, tab20 up to 20 (tab10 repeats its colours
+    from the 11th series on, which made two models' curves indistinguishable)."""
     from matplotlib import colormaps
-    cmap = colormaps["tab10"]
-    return [cmap(i % 10) for i in range(n)]
+    if n <= 10:
+        return [colormaps["tab10"](i) for i in range(n)]
+    if n <= 20:
+        return [colormaps["tab20"](i) for i in range(n)]
+    cmap = colormaps["turbo"]
+    return [cmap(i / max(n - 1, 1)) for i in range(n)]
 
 
 def _mean_std(values):
