@@ -22,6 +22,7 @@ from mmrecsys.models import bm3 as bm3_module
 from mmrecsys.models.freedom import FREEDOM
 from mmrecsys.models.vbpr import VBPR
 from mmrecsys.models.bm3 import BM3
+from topk_recompute import recompute_from_topk
 
 torch.set_default_dtype(torch.float32)
 
@@ -413,26 +414,6 @@ def test_mmrec_grids_and_presets():
 
 
 # ============================================================================ CLI
-def recompute_from_topk(run, data, topk=(5, 10, 20, 50)):
-    lists = {}
-    for line in (run / "topk_test.tsv").read_text().splitlines():
-        u, *items = map(int, line.split("\t"))
-        lists[u] = items
-    test = data.test
-    users = np.flatnonzero(np.diff(test.indptr) > 0)
-    assert sorted(lists) == users.tolist()
-    out = {f"{m}@{k}": [] for m in ("recall", "ndcg", "precision") for k in topk}
-    for u in users:
-        truth = set(test.indices[test.indptr[u]:test.indptr[u + 1]].tolist())
-        for k in topk:
-            hits = [i in truth for i in lists[u][:k]]
-            out[f"recall@{k}"].append(sum(hits) / len(truth))
-            out[f"precision@{k}"].append(sum(hits) / k)
-            dcg = sum(h / np.log2(r + 2) for r, h in enumerate(hits))
-            out[f"ndcg@{k}"].append(dcg / sum(1 / np.log2(r + 2) for r in range(min(k, len(truth)))))
-    return {k: float(np.mean(v)) for k, v in out.items()}
-
-
 @pytest.mark.parametrize("name", ["vbpr", "bm3", "freedom"])
 def test_cli_train_reports_the_metrics_of_topk_test(name, tmp_path, monkeypatch):
     monkeypatch.setenv("MMRECSYS_CACHE", str(tmp_path / "cache"))

@@ -21,6 +21,7 @@ from mmrecsys.data.synthetic import make_synthetic, write_synthetic
 from mmrecsys.graphs import EdgeList, elementwise_max, knn_adjacency
 from mmrecsys.models import get_model_class
 from mmrecsys.models.layers import half_squared_l2, info_nce
+from topk_recompute import recompute_from_topk
 
 NAMES = ["lattice", "mgcn", "smore"]
 
@@ -521,26 +522,6 @@ def test_defaults_and_trainer_settings():
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return write_synthetic(tmp_path_factory.mktemp("data") / "syn", 120, 80, seed=4)
-
-
-def recompute_from_topk(run, data, topk):
-    lists = {}
-    for line in (run / "topk_test.tsv").read_text().splitlines():
-        u, *items = map(int, line.split("\t"))
-        lists[u] = items
-    test = data.test
-    users = np.flatnonzero(np.diff(test.indptr) > 0)
-    assert sorted(lists) == users.tolist()
-    out = {f"{m}@{k}": [] for m in ("recall", "ndcg", "precision") for k in topk}
-    for u in users:
-        truth = set(test.indices[test.indptr[u]:test.indptr[u + 1]].tolist())
-        for k in topk:
-            hits = [i in truth for i in lists[u][:k]]
-            out[f"recall@{k}"].append(sum(hits) / len(truth))
-            out[f"precision@{k}"].append(sum(hits) / k)
-            dcg = sum(h / np.log2(r + 2) for r, h in enumerate(hits))
-            out[f"ndcg@{k}"].append(dcg / sum(1 / np.log2(r + 2) for r in range(min(k, len(truth)))))
-    return {k: float(np.mean(v)) for k, v in out.items()}
 
 
 @pytest.mark.parametrize("name", NAMES)
