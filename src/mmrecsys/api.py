@@ -328,23 +328,12 @@ class TrainedModel:
         if type(self.model).score is not Recommender.score:
             raise RequestError(f"{self.name} scores with its own function, not an inner product of "
                                f"representations: it cannot be served from an ANN index")
-        import faiss
-        items = np.ascontiguousarray(self._reps[1].detach().float().cpu().numpy())
-        n, d = items.shape
-        if index == "hnsw":
-            idx = faiss.IndexHNSWFlat(d, m, faiss.METRIC_INNER_PRODUCT)
-            idx.hnsw.efSearch = ef_search
-        elif index == "ivf":
-            nl = nlist or max(1, min(n // 39, int(4 * np.sqrt(n))))
-            idx = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nl, faiss.METRIC_INNER_PRODUCT)
-            idx.train(items)
-            idx.nprobe = min(nprobe, nl)
-        elif index == "flat":
-            idx = faiss.IndexFlatIP(d)
-        else:
+        from .graphs.knn import INDEXES, faiss_index
+        if index not in INDEXES:
             raise RequestError(f"ann index {index!r}: use hnsw, ivf or flat")
-        idx.add(items)
-        self._ann = idx
+        items = np.ascontiguousarray(self._reps[1].detach().float().cpu().numpy())
+        self._ann = faiss_index(items, index, nlist=nlist, nprobe=nprobe, m=m,
+                                ef_search=ef_search)
         return self
 
     def _ann_top(self, vectors: torch.Tensor, seen, k: int):

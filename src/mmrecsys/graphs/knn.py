@@ -156,26 +156,12 @@ def _faiss_knn(x: torch.Tensor, k: int, exclude_self: bool, index: str = "flat",
                nlist: int | None = None, nprobe: int = 16, m: int = 32,
                ef_search: int = 128, ef_construction: int = 200):
     """Top-k by inner product of the (already normalised, for cosine) rows with FAISS."""
-    import faiss
     dev = x.device
     xs = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-    n, d = xs.shape
-    if index == "flat":
-        idx = faiss.IndexFlatIP(d)
-    elif index == "ivf":
-        nlist = nlist or max(1, min(n // 39, int(4 * np.sqrt(n))))
-        idx = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-        idx.train(xs)
-        idx.nprobe = min(nprobe, nlist)
-    elif index == "hnsw":
-        idx = faiss.IndexHNSWFlat(d, m, faiss.METRIC_INNER_PRODUCT)
-        idx.hnsw.efConstruction = ef_construction
-        idx.hnsw.efSearch = max(ef_search, k + 1)
-    else:
-        raise ValueError(f"knn index {index!r}: use one of {', '.join(INDEXES)}")
-    if faiss.get_num_gpus() > 0 and index == "flat":  # pragma: no cover (GPU build only)
-        idx = faiss.index_cpu_to_all_gpus(idx)
-    idx.add(xs)
+    n = xs.shape[0]
+    idx = faiss_index(xs, index, nlist=nlist, nprobe=nprobe, m=m,
+                      ef_search=max(ef_search, k + 1), ef_construction=ef_construction,
+                      gpu=True)
     want = k + 1 if exclude_self else k
     vals, ids = idx.search(xs, want)
     if exclude_self:
@@ -189,6 +175,36 @@ def _faiss_knn(x: torch.Tensor, k: int, exclude_self: bool, index: str = "flat",
     ids = np.where(ids < 0, 0, ids)  # an approximate index may return fewer than k (-1)
     return (torch.as_tensor(ids, dtype=torch.int64, device=dev),
             torch.as_tensor(vals, dtype=torch.float32, device=dev))
+
+
+def faiss_index(xs: np.ndarray, index: str = "flat", *, nlist: int | None = None,
+                nprobe: int = 16, m: int = 32, ef_search: int = 128,
+                ef_construction: int | None = None, gpu: bool = False):
+    """A FAISS inner-product index over the rows of ``xs`` (float32, C-contiguous), trained
+    (``ivf``) and filled: ``flat`` (exact), ``ivf`` (``nlist`` lists, default
+    min(N / 39, 4 √N); ``nprobe`` probed) or ``hnsw`` (``m`` links; ``ef_search``;
+    ``ef_construction``, default FAISS's). ``gpu``: a flat index moves to every GPU of a FAISS
+    GPU build. Used by the kNN graphs and by :meth:`mmrecsys.api.TrainedModel.use_ann`."""
+    import faiss
+    n, d = xs.shape
+    if index == "flat":
+        idx = faiss.IndexFlatIP(d)
+    elif index == "ivf":
+        nlist = nlist or max(1, min(n // 39, int(4 * np.sqrt(n))))
+        idx = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        idx.train(xs)
+        idx.nprobe = min(nprobe, nlist)
+    elif index == "hnsw":
+        idx = faiss.IndexHNSWFlat(d, m, faiss.METRIC_INNER_PRODUCT)
+        if ef_construction is not None:
+            idx.hnsw.efConstruction = ef_construction
+        idx.hnsw.efSearch = ef_search
+    else:
+        raise ValueError(f"knn index {index!r}: use one of {', '.join(INDEXES)}")
+    if gpu and index == "flat" and faiss.get_num_gpus() > 0:  # pragma: no cover (GPU build only)
+        idx = faiss.index_cpu_to_all_gpus(idx)
+    idx.add(xs)
+    return idx
 
 
 def knn_recall(approx: torch.Tensor, exact: torch.Tensor) -> float:
