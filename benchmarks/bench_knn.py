@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import pathlib
-import resource
 import subprocess
 import sys
 import time
@@ -93,7 +92,8 @@ def stage(args) -> dict:
             from mmrecsys.graphs.knn import knn_recall
             out["recall@10"] = knn_recall(idx[torch.as_tensor(sample)],
                                           torch.as_tensor(np.load(args.exact_out)))
-    out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    from common import peak_rss_gb
+    out["peak_rss_gib"] = peak_rss_gb()
     return out
 
 

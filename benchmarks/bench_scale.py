@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import resource
 import subprocess
 import sys
 import time
@@ -28,10 +27,6 @@ import warnings
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-
-
-def rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
 def stage(args) -> dict:
@@ -44,6 +39,7 @@ def stage(args) -> dict:
     from mmrecsys.evaluation import rank_users
     from mmrecsys.train.sampler import make_sampler
     from mmrecsys.train.trainer import _optimizer, build_model
+    from common import peak_rss_gb as rss_gib
     torch.set_num_threads(args.threads)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import resource
 import sys
 import tempfile
 import time
@@ -43,7 +42,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import proxy_dataset  # noqa: E402
+from common import peak_rss_gb as peak_rss_gib, proxy_dataset  # noqa: E402
 
 from mmrecsys.config import parse_overrides, run_config  # noqa: E402
 from mmrecsys.data import load_dataset  # noqa: E402
@@ -61,10 +60,6 @@ TARGETS = {
     "lgmrec": {"s_per_epoch": 13.0, "eval_s": 1.35, "clothing_peak_rss_gib": 3.0},
     "mmhcl": {"graphs_s": 10.0, "s_per_epoch": 330.0, "eval_s": 10.9, "clothing_peak_rss_gib": 3.0},
 }
-
-
-def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # KiB -> GiB
 
 
 def load() -> str:
