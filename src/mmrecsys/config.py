@@ -44,6 +44,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "keep_users_without_train": False,  # evaluate held-out users with no training row (MMHCL)
     "knn_backend": "torch",        # torch (exact, the references' torch.topk) | faiss
     "knn_index": "flat",           # flat (exact) | ivf | hnsw (approximate; faiss only)
+    "step_in_backward": 1 << 22,   # parameters this large are updated inside backward (0 = off)
 }
 
 #: one-line meaning of each trainer key (``mmrecsys models NAME`` prints them)
@@ -73,6 +74,8 @@ TRAIN_HELP: dict[str, str] = {
     "keep_users_without_train": "evaluate held-out users with no training row (as MMHCL)",
     "knn_backend": "kNN graph search: torch (exact, the references' tie order) or faiss",
     "knn_index": "faiss index: flat (exact), ivf or hnsw (approximate, for huge catalogues)",
+    "step_in_backward": "parameters of at least N values take their optimiser step in backward, "
+                        "as soon as their gradient is complete (same update, less memory; 0: off)",
 }
 
 #: keys whose value may be null (YAML ``null`` / ``--set key=null``)

@@ -36,6 +36,7 @@ from torch import nn
 from ..data import Dataset
 from ..errors import UnknownModelError
 from ..graphs import GraphCache
+from .layers import project_table
 
 MODELS: dict[str, type["Recommender"]] = {}
 _NO_CACHE = GraphCache(None)
@@ -43,34 +44,6 @@ _NO_CACHE = GraphCache(None)
 BUILTIN = {"bpr": "bpr", "lightgcn": "lightgcn", "lgmrec": "lgmrec", "mmhcl": "mmhcl",
            "rearm": "rearm", "vbpr": "vbpr", "bm3": "bm3", "freedom": "freedom",
            "lattice": "lattice", "mgcn": "mgcn", "smore": "smore"}
-
-
-class _TableProjection(torch.autograd.Function):
-    """y = X Wᵀ + b; X's gradient goes into a persistent buffer (see
-    :meth:`Recommender.project_features`)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, buffers, key):
-        ctx.save_for_backward(x, weight)
-        ctx.buffers, ctx.key, ctx.has_bias = buffers, key, bias is not None
-        return torch.addmm(bias, x, weight.T) if bias is not None else x @ weight.T
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        grad = grad.contiguous()
-        g_w = grad.T @ x if ctx.needs_input_grad[1] else None
-        g_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        if ctx.needs_input_grad[0]:
-            buf = ctx.buffers.get(ctx.key)
-            if x.grad is None:
-                if buf is None or buf.shape != x.shape or buf.dtype != x.dtype or buf.device != x.device:
-                    buf = ctx.buffers[ctx.key] = torch.empty_like(x, memory_format=torch.contiguous_format)
-                torch.mm(grad, weight, out=buf)
-                x.grad = buf
-            else:                                   # accumulating over several backward passes
-                x.grad.add_(grad @ weight)
-        return None, g_w, g_b, None, None
 
 
 class Recommender(nn.Module):
@@ -190,19 +163,14 @@ class Recommender(nn.Module):
         return getattr(self, f"raw_feature_{key}")
 
     def project_features(self, key: str, linear: nn.Linear) -> torch.Tensor:
-        """``linear(feature_table(key))``, X Wᵀ + b, with the same value and gradients.
-
-        For a trainable table the gradient of X, G W (as large as the table: 115 MB for a
-        4096-d Baby table), is written into a buffer kept across steps and handed to ``X.grad``
-        (added to it when it already holds a gradient), instead of a fresh tensor per step: a
-        fresh allocation of that size costs as much again in page faults. ``X`` then receives its
-        gradient only through ``backward()``, not through ``torch.autograd.grad``."""
-        x = self.feature_table(key)
-        if not (x.requires_grad and torch.is_grad_enabled()):
-            return linear(x)
+        """``linear(feature_table(key))``, X Wᵀ + b, with the same value and gradients; a
+        trainable table's gradient is never allocated afresh per step (it goes block by block
+        into the optimiser, or into a buffer kept across steps: :func:`~.layers.project_table`).
+        ``X`` then receives its gradient only through ``backward()``, not through
+        ``torch.autograd.grad``."""
         if not hasattr(self, "_feature_grad_buffers"):
             self._feature_grad_buffers: dict[str, torch.Tensor] = {}
-        return _TableProjection.apply(x, linear.weight, linear.bias, self._feature_grad_buffers, key)
+        return project_table(self.feature_table(key), linear, self._feature_grad_buffers, key)
 
     def reset_feature_tables(self) -> None:
         """Copy the dataset's raw features back into the tables (fine-tuning undone)."""

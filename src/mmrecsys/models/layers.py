@@ -213,6 +213,71 @@ class _ProjectRows(torch.autograd.Function):
         return grad_w, grad_b, None, None, None, None
 
 
+#: parameter -> the callable that applies the optimiser to it one block of rows at a time,
+#: ``step(blocks)`` with ``blocks`` an iterable of (start, stop, gradient of rows start:stop);
+#: filled by the trainer (:func:`mmrecsys.train.trainer.step_in_backward`), read by
+#: :func:`project_table`
+ROW_STEPS = torch.utils.weak.WeakTensorKeyDictionary()
+
+
+class _TableProjection(torch.autograd.Function):
+    """y = X Wᵀ + b for a trainable table X read whole; see :func:`project_table`."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, buffers, key, row_step):
+        ctx.save_for_backward(x, weight)
+        ctx.buffers, ctx.key, ctx.row_step = buffers, key, row_step
+        ctx.has_bias = bias is not None
+        return torch.addmm(bias, x, weight.T) if bias is not None else x @ weight.T
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        g_w = grad.T @ x if ctx.needs_input_grad[1] else None   # before X changes
+        g_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        g_x = None
+        if ctx.needs_input_grad[0]:
+            if ctx.row_step is not None:            # G W block by block, into the optimiser
+                block = max(1, PROJECT_BLOCK_BYTES // (4 * max(1, x.shape[1])))
+                ctx.row_step((s, min(s + block, len(x)), grad[s:s + block] @ weight)
+                             for s in range(0, len(x), block))
+            elif ctx.buffers is None:
+                g_x = grad @ weight
+            elif x.grad is None:
+                buf = ctx.buffers.get(ctx.key)
+                if buf is None or buf.shape != x.shape or buf.dtype != x.dtype or buf.device != x.device:
+                    buf = ctx.buffers[ctx.key] = torch.empty_like(x, memory_format=torch.contiguous_format)
+                torch.mm(grad, weight, out=buf)
+                x.grad = buf
+            else:                                   # accumulating over several backward passes
+                x.grad.add_(grad @ weight)
+        return g_x, g_w, g_b, None, None, None
+
+
+def project_table(x: torch.Tensor, linear: nn.Linear, buffers: dict | None = None,
+                  key=None) -> torch.Tensor:
+    """``linear(x)``, X Wᵀ + b, for a trainable table X read whole (MMRec's fine-tuned raw
+    features, REARM's user and item feature tables): the same value and gradients, with X's
+    gradient G W (as large as the table: 645 MB for REARM's Clothing user image table) never
+    allocated afresh per step.
+
+    - When the trainer applies the optimiser in backward (``step_in_backward``, the default),
+      G W is computed a block of rows at a time and each block goes straight into the
+      optimiser's update of those rows (:data:`ROW_STEPS`): the whole gradient never exists.
+      X must then be read only here, once per step (checked).
+    - Otherwise, with ``buffers`` (a dict owned by the model) G W is written into a buffer kept
+      across steps under ``key`` and handed to ``X.grad`` (added to it when it already holds a
+      gradient); without, it is returned to autograd as usual.
+    """
+    if not (x.requires_grad and torch.is_grad_enabled()):
+        return linear(x)
+    row_step = ROW_STEPS.get(x)
+    if row_step is not None:
+        row_step.read()
+    return _TableProjection.apply(x, linear.weight, linear.bias, buffers, key, row_step)
+
+
 class FeatureTable(nn.Module):
     """An item feature matrix X (N, D) read by rows: fixed, or a trainable parameter.
 

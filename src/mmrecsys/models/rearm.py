@@ -90,7 +90,7 @@ from ..graphs import SparseGraph, normalized_adjacency
 from ..graphs.cooccurrence import (item_cooccurrence_graph, similarity_graph,
                                    user_cooccurrence_graph, user_interest_features, weighted_sum)
 from .base import Recommender
-from .layers import modality_weights, power, propagate
+from .layers import modality_weights, power, project_table, propagate
 
 _EPS_NORM = 1e-12
 BUILDER_VERSION = 1
@@ -574,8 +574,8 @@ class REARM(Recommender):
     def forward(self):
         """(O (N, (M+1)d), F (N, M d), E (N, d)) for all nodes."""
         d, M, U = self.embedding_dim, self.n_modalities, self.n_users
-        xs = [proj(raw) for proj, raw in zip(self.item_proj, self.item_raw)]     # (I, d) each
-        ys = [proj(raw) for proj, raw in zip(self.user_proj, self.user_raw)]     # (U, d) each
+        xs = [project_table(raw, proj) for proj, raw in zip(self.item_proj, self.item_raw)]  # (I, d)
+        ys = [project_table(raw, proj) for proj, raw in zip(self.user_proj, self.user_raw)]  # (U, d)
         e_i, *h = self._homograph(self.item_graph, self.item_embedding, xs, self.n_ii_layers)
         e_u, *q = self._homograph(self.user_graph, self.user_embedding, ys, self.n_uu_layers)
         rho, ln = self.act, self.layer_norm

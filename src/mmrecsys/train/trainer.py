@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import io
 import math
 import pathlib
@@ -32,6 +33,7 @@ import platform
 import random
 import time
 import warnings
+import weakref
 from typing import Any
 
 import numpy as np
@@ -48,6 +50,7 @@ from ..graphs import GraphCache
 from ..graphs.cache import default_cache_dir
 from ..io import atomic_torch_save, atomic_write_json, atomic_write_text
 from ..models import get_model_class
+from ..models.layers import ROW_STEPS
 from .sampler import make_sampler
 
 
@@ -179,16 +182,111 @@ def _load_checkpoint(path: pathlib.Path, device):
                        f"written by mmrecsys. Restore it, or start a new run") from None
 
 
-def _optimizer(model, cfg):
+def _optimizer(model, cfg, world: int = 1):
     params = [p for p in model.parameters() if p.requires_grad]
     opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg["optimizer"]]
     try:  # the fused kernels are several times faster for large parameter sets (e.g. REARM)
         opt = opt_cls(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"], fused=True)
     except (RuntimeError, TypeError, ValueError):
         opt = opt_cls(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    if world == 1 and cfg["step_in_backward"] > 0:  # data-parallel: sum the gradients first
+        step_in_backward(opt, cfg["step_in_backward"])
     a, b = cfg["lr_scheduler"]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: a ** (e / b))
     return opt, sched
+
+
+def step_in_backward(opt: torch.optim.Optimizer, min_numel: int) -> list:
+    """Let ``opt`` update each parameter of at least ``min_numel`` values inside backward, as
+    soon as its gradient is complete, and free that gradient at once.
+
+    The update is the one ``opt.step()`` would make (same state, same hyper-parameters, the same
+    per-element arithmetic), only earlier: autograd runs a leaf's gradient accumulation after
+    every node that uses it, so the value is not needed by backward any more (an in-place
+    update of a tensor backward still needs would raise autograd's version-counter error, never
+    pass silently). ``opt.step()`` after backward then updates the remaining parameters (the
+    large ones have no gradient left). What it saves is memory: the large gradients (REARM's
+    trainable feature tables, about 1.1 GB on Clothing) are never all alive together. A table
+    read through :func:`~mmrecsys.models.layers.project_table` goes further with Adam(W): its
+    gradient is computed and applied a block of rows at a time (:class:`AdamRowStep`), so it
+    never exists whole. Not for data-parallel training, where gradients are summed over
+    processes before the step. Returns the hook handles.
+    """
+    def hook(index, p):
+        if p.grad is None:  # e.g. a table whose gradient went block by block into the optimiser
+            return
+        if p in ROW_STEPS and ROW_STEPS[p].used:
+            raise RuntimeError(f"a feature table {tuple(p.shape)} read through project_table was "
+                               f"also read elsewhere; its optimiser step would be applied twice")
+        groups = opt.param_groups  # read now: load_state_dict replaces the group dicts
+        opt.param_groups = [{**groups[index], "params": [p]}]  # step this one parameter only
+        try:
+            opt.step()
+        finally:
+            opt.param_groups = groups
+        p.grad = None
+
+    handles = []
+    for i, g in enumerate(opt.param_groups):
+        for p in g["params"]:
+            if p.numel() < min_numel:
+                continue
+            handles.append(p.register_post_accumulate_grad_hook(functools.partial(hook, i)))
+            if isinstance(opt, torch.optim.Adam) and not g["amsgrad"] and p.dim() == 2:
+                ROW_STEPS[p] = AdamRowStep(opt, i, p)
+    return handles
+
+
+class AdamRowStep:
+    """Adam(W)'s step of one 2-d parameter applied a block of rows at a time, with the
+    optimiser's own state and hyper-parameters (the update ``opt.step()`` makes, per element).
+
+    ``step(blocks)`` takes (start, stop, gradient of rows start:stop) blocks covering the rows
+    once, updates each block as it comes and then counts the step; rows not covered are not
+    updated. The table must be read once per backward pass (a second read would make a second
+    step instead of one with the summed gradient: refused).
+    """
+
+    def __init__(self, opt: torch.optim.Adam, index: int, param: torch.Tensor):
+        self._opt = weakref.ref(opt)      # the registry must not keep a finished run alive
+        self._param = weakref.ref(param)
+        self.index = index
+        self.used = False                 # read through project_table at least once
+        self._task = None                 # the backward pass of the last step
+
+    def read(self) -> None:
+        self.used = True
+
+    def __call__(self, blocks) -> None:
+        from torch.optim.adam import adam
+        from torch.optim.optimizer import _get_scalar_dtype
+        task = torch._C._current_graph_task_id()
+        if task != -1 and task == self._task:
+            raise RuntimeError("a feature table was read twice through project_table in one "
+                               "step; read it once and index the result")
+        self._task = task
+        opt, p = self._opt(), self._param()
+        group = opt.param_groups[self.index]
+        state = opt.state[p]
+        if not state:   # as Adam._init_group
+            fused = bool(group["fused"])
+            state["step"] = (torch.zeros((), dtype=_get_scalar_dtype(is_fused=fused), device=p.device)
+                             if group["capturable"] or fused
+                             else torch.tensor(0.0, dtype=_get_scalar_dtype()))
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        step, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
+        beta1, beta2 = group["betas"]
+        with torch.no_grad():
+            for s, e, g in blocks:
+                adam([p[s:e]], [g], [m[s:e]], [v[s:e]], [], [step.clone()],
+                     foreach=group["foreach"], capturable=group["capturable"],
+                     differentiable=False, fused=group["fused"],
+                     decoupled_weight_decay=group.get("decoupled_weight_decay", False),
+                     amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
+                     weight_decay=group["weight_decay"], eps=group["eps"],
+                     maximize=group["maximize"])
+            step += 1
 
 
 class EarlyStopping:
@@ -368,7 +466,7 @@ class Trainer:
         t_build = time.perf_counter()
         self.net = build_model(self.data, cfg, self.device)
         self.build_seconds = time.perf_counter() - t_build
-        self.opt, self.sched = _optimizer(self.net, cfg)
+        self.opt, self.sched = _optimizer(self.net, cfg, self.world)
         self.sampler = make_sampler(self.data, cfg["sampler"], cfg["batch_size"],
                                     cfg["negatives_from"], cfg["neg_exclude_heldout"])
         self.rng = np.random.default_rng(cfg["seed"])
