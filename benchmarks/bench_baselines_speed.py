@@ -74,6 +74,7 @@ def main():
     if args.ref:
         ref = json.loads(args.ref.read_text())
         overrides, ignored = map_hyperparameters(cls, ref["hyperparameters"])
+        overrides["preset"] = "none"   # the reference's configuration, not our dataset preset
         if ignored:
             print(f"reference keys ignored: {', '.join(ignored)}")
     overrides.update(parse_overrides(args.sets))

@@ -45,8 +45,37 @@ LOOP_KEYS = {"epochs", "stopping_step", "eval_step", "valid_metric", "use_neg_sa
 EPOCHS_SHOWN = ("0", "5", "10")
 
 
+def _mmrec_common(hp: dict) -> dict:
+    return {"lr": hp["learning_rate"], "lr_scheduler": list(hp["learning_rate_scheduler"]),
+            "batch_size": hp["train_batch_size"], "weight_decay": float(hp.get("weight_decay") or 0.0),
+            "optimizer": str(hp.get("learner", "adam")).lower(), "embedding_dim": hp["embedding_size"]}
+
+
+#: models whose reference keys do not map one to one: the reference's ``n_layers`` counts the
+#: item-graph layers of LATTICE, MGCN and SMORE (ours: ``n_item_layers``), and LATTICE's
+#: user-item layers are ``len(weight_size)``
+REFERENCE_MAPS = {
+    "lattice": lambda hp: {**_mmrec_common(hp), "feat_embed_dim": hp["feat_embed_dim"],
+                           "n_layers": len(hp["weight_size"]), "n_item_layers": hp["n_layers"],
+                           "knn_k": hp["knn_k"], "lambda_coeff": hp["lambda_coeff"],
+                           "reg_weight": hp["reg_weight"], "cf_model": hp["cf_model"]},
+    "mgcn": lambda hp: {**_mmrec_common(hp), "n_layers": hp["n_ui_layers"],
+                        "n_item_layers": hp["n_layers"], "knn_k": hp["knn_k"],
+                        "reg_weight": hp["reg_weight"], "cl_weight": hp["cl_loss"]},
+    "smore": lambda hp: {**_mmrec_common(hp), "n_layers": hp["n_ui_layers"],
+                         "n_item_layers": hp["n_layers"], "image_knn_k": hp["image_knn_k"],
+                         "text_knn_k": hp["text_knn_k"], "reg_weight": hp["reg_weight"],
+                         "cl_weight": hp["cl_loss"], "dropout": hp["dropout_rate"]},
+}
+
+
 def map_hyperparameters(cls, ref_hp: dict) -> tuple[dict, list[str]]:
     """Our overrides for the reference's configuration, and the reference keys ignored."""
+    if cls.name in REFERENCE_MAPS:
+        out = REFERENCE_MAPS[cls.name](ref_hp)
+        if "seed" in ref_hp:
+            out["seed"] = ref_hp["seed"]
+        return canonical_keys(cls, out), []
     known = set(cls.hyperparameters()) | set(cls.aliases)
     out, ignored = {}, []
     for k, v in ref_hp.items():
@@ -65,7 +94,7 @@ def run_ours(data, model: str, overrides: dict, epochs: int, seed: int) -> dict:
     """Train ``epochs`` epochs, evaluating every epoch, no early stopping; per-batch losses of
     the shown epochs, the loss and valid Recall@20 per epoch, test at the best epoch."""
     cfg = run_config(model, data, None, {**overrides, "epochs": epochs, "eval_step": 1,
-                                         "patience": epochs + 1, "seed": seed})
+                                         "patience": epochs + 1, "seed": seed, "preset": "none"})
     trainer = Trainer(data, cfg, None, log=lambda *a, **k: None)
     net = trainer.net
     batch_losses: dict[str, list[float]] = {e: [] for e in EPOCHS_SHOWN}

@@ -2,14 +2,18 @@
 
     python benchmarks/bench_scale.py [--users 2000000 --items 1000000 --interactions 20000000]
         [--steps 20] [--eval-users 20000] [--knn-backend faiss --knn-index hnsw]
-        [--models lightgcn lgmrec mmhcl]
+        [--models lightgcn lgmrec mmhcl] [--ann ivf|hnsw]
 
 1. writes the dataset with ``mmrecsys data synth --interactions`` (bounded memory; image 512-d,
    text 384-d) under the benchmark cache, once;
 2. per model, in its own process (so each peak RSS is its own): graph construction (seconds,
    peak RSS), ``--steps`` training steps (s/step, extrapolated to an epoch and labelled), and
    full-ranking evaluation of ``--eval-users`` users over all items (extrapolated to every
-   held-out user, labelled);
+   held-out user, labelled); ``--steps 0`` skips training (MMHCL: its all-node contrastive
+   loss over millions of users is out of reach, but its graphs and ranking are not);
+   ``--ann ivf|hnsw`` then serves the sample users from an ANN index over the item
+   representations (``TrainedModel.use_ann``): build seconds, per-user query seconds against
+   exact ranking, and recall@10 against exact;
 3. REARM is not run: its per-user modality tables do not fit (the estimate is printed).
 
 Every figure is printed as one line; extrapolations say so.
@@ -70,10 +74,11 @@ def stage(args) -> dict:
         loss.backward()
         opt.step()
         times.append(time.perf_counter() - t)
-    s_step = float(np.median(times[1:] if len(times) > 1 else times))
-    out.update(s_per_step=round(s_step, 3), steps_per_epoch=len(sampler),
-               s_per_epoch_extrapolated=round(s_step * len(sampler), 0),
-               rss_after_training_gib=round(rss_gib(), 2))
+    if times:
+        s_step = float(np.median(times[1:] if len(times) > 1 else times))
+        out.update(s_per_step=round(s_step, 3), steps_per_epoch=len(sampler),
+                   s_per_epoch_extrapolated=round(s_step * len(sampler), 0),
+                   rss_after_training_gib=round(rss_gib(), 2))
     heldout = np.flatnonzero(np.diff(data.test.indptr) > 0)
     sample = np.random.default_rng(1).choice(heldout, min(args.eval_users, len(heldout)),
                                              replace=False)
@@ -83,17 +88,36 @@ def stage(args) -> dict:
     out.update(eval_users=len(sample), eval_s=round(ev, 1),
                eval_all_users_s_extrapolated=round(ev * len(heldout) / len(sample), 0),
                heldout_users=int(len(heldout)), peak_rss_gib=round(rss_gib(), 2))
+    if args.ann != "none":
+        from mmrecsys.api import TrainedModel
+        served = TrainedModel(net, data, cfg, {"best_epoch": 0}, [])
+        t = time.perf_counter()
+        served.use_ann(args.ann)
+        out["ann_build_s"] = round(time.perf_counter() - t, 1)
+        users = sample[:2000]
+        t = time.perf_counter()
+        served.recommend(users, k=10)
+        out["ann_query_ms_per_user"] = round(1000 * (time.perf_counter() - t) / len(users), 2)
+        t = time.perf_counter()
+        out[f"ann_{args.ann}_recall@10"] = round(served.ann_recall(10, users=users), 4)
+        out["ann_recall_s"] = round(time.perf_counter() - t, 1)
+        out["exact_ms_per_user"] = round(1000 * ev / len(sample), 2)
+        out["peak_rss_gib"] = round(rss_gib(), 2)
     return out
 
 
 def rearm_estimate(users: int, items: int, widths) -> str:
     d = sum(widths)
     table = users * d * 4
+    total = 4 * table + 4 * items * d * 4
+    fits = total < 0.8 * 24 * 2**30
     return (f"REARM: not run. It learns a (users × {d}) table of user modality features (the "
             f"users' interest features, one row per user per modality): {table / 2**30:.1f} GiB as "
             f"parameters, ×4 with the gradient and AdamW's two moments = {4 * table / 2**30:.1f} GiB, "
-            f"plus the item tables and the user-user similarity graph over {users:,} users; "
-            f"more than this machine's 24 GiB.")
+            f"plus {4 * items * d * 4 / 2**30:.1f} GiB for the item tables likewise and the "
+            f"user-user similarity graph over {users:,} users; "
+            + ("within this machine's 24 GiB: train it with bench_speed or mmrecsys train."
+               if fits else "more than this machine's 24 GiB."))
 
 
 def main(argv=None):
@@ -107,6 +131,9 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--knn-backend", default="faiss")
     ap.add_argument("--knn-index", default="hnsw")
+    ap.add_argument("--ann", default="none", choices=["none", "ivf", "hnsw", "flat"],
+                    help="also serve the sample users from an ANN index over the item "
+                         "representations and report its recall@10 against exact ranking")
     ap.add_argument("--stage", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
@@ -130,7 +157,7 @@ def main(argv=None):
         cmd = [sys.executable, __file__, "--stage", "--model", m, "--data", str(data),
                "--cache", str(cache), "--steps", str(args.steps), "--eval-users",
                str(args.eval_users), "--threads", str(args.threads), "--knn-backend",
-               args.knn_backend, "--knn-index", args.knn_index]
+               args.knn_backend, "--knn-index", args.knn_index, "--ann", args.ann]
         t = time.perf_counter()
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode:

@@ -135,6 +135,12 @@ def test_positive_counts(key):
         resolve_config(Toy, "x", overrides={key: 0})
 
 
+def test_step_in_backward_range():
+    assert resolve_config(Toy, "x", overrides={"step_in_backward": 0})["step_in_backward"] == 0
+    with pytest.raises(ConfigError, match="step_in_backward=-1: must be an integer of at least 0"):
+        resolve_config(Toy, "x", overrides={"step_in_backward": -1})
+
+
 def test_hyperparameter_clash_with_trainer_key():
     class Clash(Recommender):
         def __init__(self, data, cache=None, *, lr: float = 0.1):

@@ -258,6 +258,9 @@ def validate_config(cfg: dict, n_items: int | None = None, model_cls=None) -> No
     if "patience" in cfg and (not _is_int(cfg["patience"]) or cfg["patience"] < 0):
         raise ConfigError(f"patience={cfg['patience']!r}: must be an integer of at least 0 "
                           f"(the number of non-improving evaluations tolerated)")
+    if "step_in_backward" in cfg and (not _is_int(cfg["step_in_backward"]) or cfg["step_in_backward"] < 0):
+        raise ConfigError(f"step_in_backward={cfg['step_in_backward']!r}: must be an integer of at "
+                          f"least 0 (parameters of at least that many values; 0: off)")
     if "seed" in cfg and (not _is_int(cfg["seed"]) or not 0 <= cfg["seed"] < 2 ** 63):
         raise ConfigError(f"seed={cfg['seed']!r}: must be an integer from 0 to 2**63-1")
     for k in ("lr", "weight_decay"):

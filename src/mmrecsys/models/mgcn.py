@@ -86,7 +86,22 @@ def batch_loss(model, users, pos, neg) -> dict[str, torch.Tensor]:
             "reg": model.reg_weight * reg, "cl": model.cl_weight * cl}
 
 
-class MGCN(Recommender):
+class ViewFusionRecommender(Recommender):
+    """A content view fused with item–item views, row by row (MGCN, SMORE): the subclass
+    gives ``views()`` → (content (N, d), user views, item views) and ``fuse(content, views)``
+    → (representation, side); the batch loss is :func:`batch_loss`."""
+
+    def loss(self, users, pos, neg):
+        return batch_loss(self, users, pos, neg)
+
+    def representations(self):
+        content, v_users, v_items = self.views()
+        user_repr, _ = self.fuse(content[: self.n_users], v_users)
+        item_repr, _ = self.fuse(content[self.n_users:], v_items)
+        return user_repr, item_repr
+
+
+class MGCN(ViewFusionRecommender):
     """MGCN (purified item–item views fused with the user–item view) as in MMRec's ``mgcn.py``.
 
     Defaults: MMRec's ``MGCN.yaml``; its one grid, ``cl_loss`` ∈ {0.001, 0.01, 0.1}
@@ -197,12 +212,3 @@ class MGCN(Recommender):
             side = side + torch.sigmoid(self.gate_prefer[m](content)) * (v - common)
         side = side / (len(views) + 1)
         return content + side, side
-
-    def loss(self, users, pos, neg):
-        return batch_loss(self, users, pos, neg)
-
-    def representations(self):
-        content, v_users, v_items = self.views()
-        user_repr, _ = self.fuse(content[: self.n_users], v_users)
-        item_repr, _ = self.fuse(content[self.n_users:], v_items)
-        return user_repr, item_repr

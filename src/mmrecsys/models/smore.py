@@ -56,17 +56,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..graphs import SparseGraph, elementwise_max, normalized_adjacency
-from .base import Recommender
 from .lattice import _TRAIN, skip_init_linear
 from .layers import power, propagate
-from .mgcn import batch_loss
+from .mgcn import ViewFusionRecommender
 
 
 def _gate(d: int) -> nn.Linear:
     return skip_init_linear(d, d)
 
 
-class SMORE(Recommender):
+class SMORE(ViewFusionRecommender):
     """SMORE (spectral fusion of the modalities + MGCN-style views) as in the authors' code.
 
     Defaults: the README's Baby row (``n_ui_layers`` 4, ``n_layers`` 1, ``image_knn_k`` 40,
@@ -221,12 +220,3 @@ class SMORE(Recommender):
                          for g in self.gate_prefer)
         side = torch.stack([p_v * agg_v, p_t * agg_t, p_f * x_f]).mean(0)
         return content + side, side
-
-    def loss(self, users, pos, neg):
-        return batch_loss(self, users, pos, neg)
-
-    def representations(self):
-        content, v_users, v_items = self.views()
-        user_repr, _ = self.fuse(content[: self.n_users], v_users)
-        item_repr, _ = self.fuse(content[self.n_users:], v_items)
-        return user_repr, item_repr

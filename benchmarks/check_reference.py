@@ -1,6 +1,6 @@
 """Deterministic parity of LATTICE, MGCN and SMORE with the reference *code* itself.
 
-    python benchmarks/check_reference_2.py [--model lattice mgcn smore] [--data /work/ref/data/synth]
+    python benchmarks/check_reference.py [--model lattice mgcn smore] [--data /work/ref/data/synth]
         [--mmrec /work/.mirror/enoche+MMRec/repo] [--smore /work/.mirror/kennethorq+SMORE/repo]
 
 The reference model classes (``enoche/MMRec`` ``src/models/{lattice,mgcn}.py``,
