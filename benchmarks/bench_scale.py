@@ -14,7 +14,11 @@
    ``--ann ivf|hnsw`` then serves the sample users from an ANN index over the item
    representations (``TrainedModel.use_ann``): build seconds, per-user query seconds against
    exact ranking, and recall@10 against exact;
-3. REARM is not run: its per-user modality tables do not fit (the estimate is printed).
+3. ``--infonce-probe`` instead times MMHCL's all-node contrastive loss (forward + backward,
+   every node a negative of every other: cost ∝ N²) at two sizes and extrapolates it to the
+   users and items of the catalogue, per step and per epoch (labelled): the part of an MMHCL
+   step that grows with the square of the catalogue;
+4. REARM is not run: its per-user modality tables do not fit (the estimate is printed).
 
 Every figure is printed as one line; extrapolations say so.
 """
@@ -106,6 +110,34 @@ def stage(args) -> dict:
     return out
 
 
+def infonce_probe(users: int, items: int, train_rows: int, batch_size: int = 1024, d: int = 64,
+                  threads: int = 2) -> str:
+    """Seconds of MMHCL's all-node InfoNCE (forward + backward) at two sizes, fitted as c·N²
+    and extrapolated to ``users`` and ``items`` (one u2u and one i2i term per step; MMHCL runs
+    train_rows // batch_size + 1 steps per epoch)."""
+    import torch
+    from mmrecsys.models.mmhcl import all_node_infonce
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(0)
+    fits = []
+    for n in (8192, 16384):
+        z1 = torch.randn(n, d, generator=gen, requires_grad=True)
+        z2 = torch.randn(n, d, generator=gen, requires_grad=True)
+        t = time.perf_counter()
+        all_node_infonce(z1, z2, 0.6).backward()
+        sec = time.perf_counter() - t
+        fits.append((n, sec))
+    c = fits[-1][1] / fits[-1][0] ** 2
+    step = c * (users ** 2 + items ** 2)
+    steps = train_rows // batch_size + 1
+    return (f"MMHCL all-node InfoNCE, forward + backward (measured): "
+            + ", ".join(f"N={n}: {sec:.2f}s" for n, sec in fits)
+            + f" (ratio {fits[1][1] / fits[0][1]:.2f} for 2x N; N² predicts 4). EXTRAPOLATED as "
+              f"c·N² to {users:,} users + {items:,} items: {step:,.0f} s per step, x {steps:,} "
+              f"steps (users sampler, batch {batch_size}) = {step * steps / 86400:,.0f} days "
+              f"per epoch, for this term alone")
+
+
 def rearm_estimate(users: int, items: int, widths) -> str:
     d = sum(widths)
     table = users * d * 4
@@ -134,6 +166,8 @@ def main(argv=None):
     ap.add_argument("--ann", default="none", choices=["none", "ivf", "hnsw", "flat"],
                     help="also serve the sample users from an ANN index over the item "
                          "representations and report its recall@10 against exact ranking")
+    ap.add_argument("--infonce-probe", action="store_true",
+                    help="only time MMHCL's all-node InfoNCE at two sizes and extrapolate")
     ap.add_argument("--stage", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
@@ -141,6 +175,18 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.stage:
         print(json.dumps(stage(args)), flush=True)
+        return
+    if args.infonce_probe:
+        from common import WORK
+        name = f"scale-{args.users}-{args.items}-{args.interactions}"
+        inter = WORK / name / f"{name}.inter"
+        train_rows = int(0.8 * args.interactions)    # data synth's default split, if not written
+        if inter.exists():
+            import mmrecsys as mr
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                train_rows = int(mr.load_dataset(WORK / name).train.nnz)
+        print(infonce_probe(args.users, args.items, train_rows, threads=args.threads), flush=True)
         return
     from common import WORK
     name = f"scale-{args.users}-{args.items}-{args.interactions}"

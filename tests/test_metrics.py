@@ -355,3 +355,52 @@ def test_item_blocks_give_the_one_block_lists():
     finally:
         ranking.SCORE_BLOCK_ELEMENTS = old
     assert all(torch.equal(a[2], b[2]) for a, b in zip(ref, got))
+
+
+def test_scoring_blocks_share_item_reads_only_for_huge_catalogues():
+    from mmrecsys.evaluation.ranking import scoring_blocks, scoring_rows
+    for n in (500, 7050, 23033, 65536):       # the standard datasets keep one block of items
+        assert scoring_blocks(n, "cpu", streams=True) == (scoring_rows(n, "cpu"), None)
+    assert scoring_blocks(1_000_000, "cpu", streams=False) == (1, None)
+    assert scoring_blocks(1_000_000, "cpu", streams=True) == (256, 1 << 14)
+
+
+def test_rank_users_on_a_huge_catalogue_streams_item_blocks(monkeypatch):
+    """rank_users over 70,000 items (users share each item block) gives the lists of a dense
+    ranking (no ties in random scores)."""
+    import scipy.sparse as sp
+
+    from mmrecsys.evaluation import ranking
+
+    class Tiny(torch.nn.Module):
+        def __init__(self, ur, ir):
+            super().__init__()
+            self.ur, self.ir = ur, ir
+
+        def representations(self):
+            return self.ur, self.ir
+
+        def score(self, users, reps, items=None):
+            u, i = reps
+            return u[users] @ (i if items is None else i[items]).T
+
+    class Data:
+        n_items = 70_000
+
+    g = torch.Generator().manual_seed(0)
+    ur, ir = torch.randn(300, 4, dtype=torch.float64, generator=g), torch.randn(70_000, 4, dtype=torch.float64, generator=g)
+    Data.train = sp.random(300, 70_000, density=0.001, format="csr", random_state=2)
+    calls = []
+    real = ranking.rank_topk
+
+    def spy(*a, **kw):
+        calls.append(kw.get("item_chunk"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(ranking, "rank_topk", spy)
+    got = ranking.rank_users(Tiny(ur, ir), Data, np.arange(300), 20, "train", device="cpu")
+    assert calls == [1 << 14]
+    dense = (ur @ ir.T).float()     # the ranking's float32 scores (float64 products: exact)
+    r, c = Data.train.nonzero()
+    dense[r, c] = -torch.inf
+    assert torch.equal(got.top, torch.topk(dense, 20, dim=1).indices)

@@ -138,6 +138,23 @@ def scoring_rows(n_items: int, device=None) -> int:
     return max(1, budget // max(1, int(n_items)))
 
 
+def scoring_blocks(n_items: int, device=None, streams: bool = False) -> tuple[int, int | None]:
+    """(users per block, items per block or None) for ranking a catalogue of ``n_items``.
+
+    :func:`scoring_rows` users against every item, unless that leaves fewer than 16 users per
+    block (a CPU and more than 65,536 items) and the scorer can stream items: then 256 users
+    against 16,384 items at a time, merged block by block. With one user per block each block
+    is a matrix-vector product that reads every item representation again (256 MB per user at
+    1M items × 64 dims: memory-bound, 13 ms per user here); 256 users share each read (2 ms).
+    Scores of a block may then round differently from the matrix-vector ones, which can swap
+    near-tied items; catalogues up to 65,536 items keep the one-block path.
+    """
+    rows = scoring_rows(n_items, device)
+    if rows < 16 and streams:
+        return 256, 1 << 14
+    return rows, None
+
+
 @torch.no_grad()
 def rank_topk(score_fn, users: np.ndarray, n_items: int, mask: sp.csr_matrix, k: int,
               chunk_size: int = 4096, device="cpu", with_scores: bool = False,
@@ -228,8 +245,8 @@ def rank_users(model, data: Dataset, users: np.ndarray, k: int, mask: str = "tra
     """Rank all items for ``users`` (items of ``mask`` excluded) once; keep the top ``k``.
 
     A stochastic model (see module docstring) is run once per block of ``chunk_size`` users,
-    with noise drawn from ``seed``; ``reps`` is then ignored. Scores are formed and ranked
-    :func:`scoring_rows` users at a time.
+    with noise drawn from ``seed``; ``reps`` is then ignored. Scores are formed and ranked in
+    :func:`scoring_blocks` (users, items) at a time.
     """
     users = np.unique(np.asarray(users, dtype=np.int64))
     if device is None:
@@ -244,7 +261,7 @@ def rank_users(model, data: Dataset, users: np.ndarray, k: int, mask: str = "tra
                 (session() if session is not None else contextlib.nullcontext()):
             if reps is None and not stochastic:
                 reps = model.representations()
-            rows = scoring_rows(data.n_items, device)
+            rows, item_chunk = scoring_blocks(data.n_items, device, accepts_items(model.score))
             # one preallocated output: per-block lists kept alive between the blocks' score
             # buffers fragment the heap (glibc), which grew by ~1.5 MB per block with 1 M items
             top = torch.empty((len(users), min(k, data.n_items)), dtype=torch.long, device=device)
@@ -253,11 +270,12 @@ def rank_users(model, data: Dataset, users: np.ndarray, k: int, mask: str = "tra
                     block_reps = model.representations()
                     for a, b, t in rank_topk(model_scorer(model, block_reps),
                                              users[start:start + chunk_size], data.n_items,
-                                             mask_m, k, min(rows, chunk_size), device):
+                                             mask_m, k, min(rows, chunk_size), device,
+                                             item_chunk=item_chunk):
                         top[start + a:start + b] = t
             else:
                 for a, b, t in rank_topk(model_scorer(model, reps), users, data.n_items, mask_m,
-                                         k, rows, device):
+                                         k, rows, device, item_chunk=item_chunk):
                     top[a:b] = t
     finally:
         model.train(was_training)
