@@ -260,7 +260,8 @@ class AdamRowStep:
     def __call__(self, blocks) -> None:
         from torch.optim.adam import adam
         from torch.optim.optimizer import _get_scalar_dtype
-        task = torch._C._current_graph_task_id()
+        task_id = getattr(torch._C, "_current_graph_task_id", None)   # private; -1 outside backward
+        task = task_id() if task_id is not None else -1
         if task != -1 and task == self._task:
             raise RuntimeError("a feature table was read twice through project_table in one "
                                "step; read it once and index the result")
