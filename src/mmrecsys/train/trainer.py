@@ -212,9 +212,13 @@ def step_in_backward(opt: torch.optim.Optimizer, min_numel: int) -> list:
     never exists whole. Not for data-parallel training, where gradients are summed over
     processes before the step. Returns the hook handles.
     """
+    opt_ref = weakref.ref(opt)  # a strong one would make a cycle (parameter → hook → optimiser →
+    # parameter) that keeps a finished run's weights and moments (GPU memory) until gc runs
+
     def hook(index, p):
-        if p.grad is None:  # e.g. a table whose gradient went block by block into the optimiser
-            return
+        opt = opt_ref()
+        if opt is None or p.grad is None:  # the run is over; or the gradient went block by
+            return                         # block into the optimiser
         if p in ROW_STEPS and ROW_STEPS[p].used:
             raise RuntimeError(f"a feature table {tuple(p.shape)} read through project_table was "
                                f"also read elsewhere; its optimiser step would be applied twice")
