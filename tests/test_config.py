@@ -186,3 +186,13 @@ def test_cli_reports_config_errors(tmp_path):
                                "--out", str(tmp_path / "r"), "--quiet"])
     assert res.exit_code == 2 and "patience" in res.output
     assert not (tmp_path / "r").exists()  # nothing was written
+
+
+def test_a_run_recorded_before_a_trainer_key_existed_keeps_its_configuration():
+    from mmrecsys.config import config_differences
+    want = resolve_config(Toy, "x")
+    have = {k: v for k, v in want.items() if k not in ("step_in_backward", "knn_index")}
+    have["versions"] = {"mmrecsys": "0.0"}
+    assert config_differences(have, want) == []       # added keys count as their defaults
+    assert config_differences(have, {**want, "step_in_backward": 0}) == ["step_in_backward"]
+    assert config_differences({**have, "lr": 0.5}, want) == ["lr"]

@@ -9,8 +9,9 @@ as YAML and coerced to that type. An unknown key is an error naming the closest 
 from __future__ import annotations
 
 import difflib
-import pathlib
+import json
 import math
+import pathlib
 from typing import Any
 
 import yaml
@@ -241,6 +242,19 @@ def _is_int(v) -> bool:
 
 def _is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def config_differences(have: dict, want: dict) -> list[str]:
+    """Keys in which a run's recorded configuration ``have`` (its config.yaml) differs from
+    ``want``, compared as JSON. ``versions`` is ignored, and a trainer key the recording lacks
+    (added to the package after the run was made, with the old behaviour as its default) counts
+    as its default, so upgrading does not orphan finished runs."""
+    a = json.loads(json.dumps({k: v for k, v in have.items() if k != "versions"}))
+    b = json.loads(json.dumps({k: v for k, v in want.items() if k != "versions"}))
+    for k, v in TRAIN_DEFAULTS.items():
+        if k not in a and k in b:
+            a[k] = json.loads(json.dumps(v))
+    return sorted(k for k in set(a) | set(b) if json.dumps(a.get(k)) != json.dumps(b.get(k)))
 
 
 def validate_config(cfg: dict, n_items: int | None = None, model_cls=None) -> None:

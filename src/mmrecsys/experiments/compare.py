@@ -23,7 +23,7 @@ import pathlib
 import time
 from typing import Callable
 
-from ..config import load_yaml, run_config
+from ..config import config_differences, load_yaml, run_config
 from ..data import Dataset
 from ..errors import ConfigError, RunError
 from ..io import atomic_write_text
@@ -82,11 +82,6 @@ def _finished(run: pathlib.Path) -> bool:
         return False
 
 
-def _same(a: dict, b: dict) -> bool:
-    strip = lambda d: json.loads(json.dumps({k: v for k, v in d.items() if k != "versions"}))  # noqa: E731
-    return strip(a) == strip(b)
-
-
 def run_one(ds: Dataset, model: str, file_cfg: dict, overrides: dict, run: pathlib.Path,
             device: str) -> tuple[str, dict, list[dict]]:
     """Train, resume or reuse one run; (status, metrics.json, history)."""
@@ -95,9 +90,8 @@ def run_one(ds: Dataset, model: str, file_cfg: dict, overrides: dict, run: pathl
     cfg = run_config(model, ds, file_cfg, overrides)
     if (run / "config.yaml").is_file():
         have = load_yaml(run / "config.yaml")
-        if not _same(have, cfg):
-            diff = sorted(k for k in set(have) | set(cfg) if k != "versions"
-                          and json.dumps(have.get(k)) != json.dumps(cfg.get(k)))
+        diff = config_differences(have, cfg)
+        if diff:
             raise RunError(f"{run} holds a run of another configuration (differs in "
                            f"{', '.join(diff[:6])}); remove it or choose another --out")
         if _finished(run):

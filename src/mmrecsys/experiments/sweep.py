@@ -44,7 +44,7 @@ import socket
 import time
 from typing import Any, Callable
 
-from ..config import run_config, resolve_config
+from ..config import config_differences, resolve_config, run_config
 from ..data import Dataset
 from ..errors import ConfigError, MMRecError, RunError
 from ..io import atomic_write_json, atomic_write_text
@@ -499,9 +499,8 @@ def _same_config(run_dir: pathlib.Path, ds: Dataset, spec: dict, params: dict) -
         have = load_yaml(run_dir / "config.yaml")
     except MMRecError:
         return False
-    have.pop("versions", None)
     want = run_config(spec["model"], ds, {}, {**spec["fixed"], **params})
-    return _jsonable(have) == _jsonable(want)
+    return not config_differences(have, want)
 
 
 def _record(trial, metrics: dict, fit_seconds: float, pruned: bool = False) -> None:
