@@ -13,10 +13,8 @@ import mmrecsys as mr
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _env(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MMRECSYS_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
+def _env(isolated_cache):
+    """Before any other fixture of the module: its graph caches in a temporary folder."""
 
 
 @pytest.fixture(scope="module")

@@ -34,14 +34,8 @@ FIXED = {"epochs": 2, "batch_size": 256, "lr": 0.01}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _env(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _env(isolated_cache):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MMRECSYS_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

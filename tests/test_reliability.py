@@ -30,13 +30,8 @@ EPOCHS2 = ["--set", "epochs=2", "--set", "batch_size=512"]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _env(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MMRECSYS_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
-    torch.set_num_threads(threads)
+def _env(isolated_cache):
+    """Before any other fixture of the module: its graph caches in a temporary folder."""
 
 
 @pytest.fixture(scope="module")

@@ -24,15 +24,8 @@ FAST = {"epochs": 3, "batch_size": 256, "lr": 0.01, "seed": 7}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _env(tmp_path_factory):
-    # graph caches in a temporary folder; one torch thread (tiny tensors: threads only add
-    # synchronisation cost, which is large when other processes share the cores)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MMRECSYS_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
-    torch.set_num_threads(threads)
+def _env(isolated_cache):
+    """Before any other fixture of the module: its graph caches in a temporary folder."""
 
 
 @pytest.fixture(scope="module")
