@@ -84,6 +84,8 @@ def stage(args) -> dict:
         np.save(args.exact_out, exact.numpy())
     else:
         params = {"m": 16, "ef_construction": 40} if args.index == "hnsw" and n > 200_000 else {}
+        if args.params_json:
+            params = json.loads(args.params_json)
         idx, _ = knn_graph(x, K, backend="faiss", index=args.index, **params)
         out["seconds"] = time.perf_counter() - t
         if params:
@@ -108,6 +110,10 @@ def main(argv=None):
     ap.add_argument("--backends", nargs="+", default=["torch", "faiss:flat", "faiss:hnsw", "faiss:ivf"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--timeout", type=int, default=900)
+    ap.add_argument("--index-params", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="FAISS index parameters for the faiss runs, e.g. m=32 ef_construction=200 "
+                         "(default above 200k rows for hnsw: m=16 ef_construction=40)")
+    ap.add_argument("--params-json", help=argparse.SUPPRESS)
     ap.add_argument("--stage", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--backend", help=argparse.SUPPRESS)
     ap.add_argument("--index", help=argparse.SUPPRESS)
@@ -132,6 +138,9 @@ def main(argv=None):
         cmd = [sys.executable, __file__, "--stage", "--backend", backend, "--index", index or "flat",
                "--features", str(feats), "--exact-out", exact_out, "--sample", str(args.sample),
                "--threads", str(args.threads)] + (["--full"] if full else [])
+        if args.index_params and backend == "faiss":
+            cmd += ["--params-json", json.dumps({k: int(v) for k, v in
+                                                 (kv.split("=", 1) for kv in args.index_params)})]
         t = time.perf_counter()
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
