@@ -176,21 +176,18 @@ def main(argv=None):
     if args.stage:
         print(json.dumps(stage(args)), flush=True)
         return
-    if args.infonce_probe:
-        from common import WORK
-        name = f"scale-{args.users}-{args.items}-{args.interactions}"
-        inter = WORK / name / f"{name}.inter"
-        train_rows = int(0.8 * args.interactions)    # data synth's default split, if not written
-        if inter.exists():
-            import mmrecsys as mr
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                train_rows = int(mr.load_dataset(WORK / name).train.nnz)
-        print(infonce_probe(args.users, args.items, train_rows, threads=args.threads), flush=True)
-        return
     from common import WORK
     name = f"scale-{args.users}-{args.items}-{args.interactions}"
     data = WORK / name
+    if args.infonce_probe:
+        train_rows = int(0.8 * args.interactions)    # data synth's default split, if not written
+        if (data / f"{name}.inter").exists():
+            import mmrecsys as mr
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                train_rows = int(mr.load_dataset(data).train.nnz)
+        print(infonce_probe(args.users, args.items, train_rows, threads=args.threads), flush=True)
+        return
     if not (data / f"{name}.inter").exists():
         t = time.perf_counter()
         subprocess.run([sys.executable, "-m", "mmrecsys.cli", "data", "synth", "--out", str(data),

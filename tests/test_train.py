@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import re
 
@@ -334,6 +335,12 @@ def test_table_gradient_goes_block_by_block_into_adam(opt_cls, kw, monkeypatch):
         (layers.project_table(x, lin).sum() + layers.project_table(x, lin).sum()).backward()
     with pytest.raises(RuntimeError, match="elsewhere"):
         (layers.project_table(x, lin).sum() + x.sum()).backward()
+    # once the optimiser is gone, the table's gradient takes the ordinary path again
+    x.grad = None
+    del opt
+    gc.collect()
+    (layers.project_table(x, lin) ** 2).sum().backward()
+    torch.testing.assert_close(x.grad, 2 * lin(x).detach() @ lin.weight.detach())
 
 
 def test_no_early_stop_within_patience(data):

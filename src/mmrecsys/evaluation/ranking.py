@@ -4,7 +4,8 @@
 For each block of users: scores against all items (B, n_items) → masked items set to −∞ →
 ``torch.topk`` → hits gathered from a dense (B, n_items) boolean block of the held-out items →
 metrics. Scores are ranked in blocks of :func:`scoring_rows` users (about 4 MB of scores on a
-CPU); peak memory is a few such blocks, whatever the number of users.
+CPU; above 65,536 items, blocks of users × items merged top-k by top-k: :func:`scoring_blocks`);
+peak memory is a few such blocks, whatever the number of users.
 
 Masking (MMRec sets their scores to −1e10 in ``Trainer.evaluate``): the user's *training*
 items are always masked. With

@@ -265,7 +265,8 @@ def project_table(x: torch.Tensor, linear: nn.Linear, buffers: dict | None = Non
     - When the trainer applies the optimiser in backward (``step_in_backward``, the default),
       G W is computed a block of rows at a time and each block goes straight into the
       optimiser's update of those rows (:data:`ROW_STEPS`): the whole gradient never exists.
-      X must then be read only here, once per step (checked).
+      X must then be read only here, once per step (checked). Once that optimiser is gone
+      (the run is over), X's gradient goes back to the paths below.
     - Otherwise, with ``buffers`` (a dict owned by the model) G W is written into a buffer kept
       across steps under ``key`` and handed to ``X.grad`` (added to it when it already holds a
       gradient); without, it is returned to autograd as usual.
@@ -273,8 +274,8 @@ def project_table(x: torch.Tensor, linear: nn.Linear, buffers: dict | None = Non
     if not (x.requires_grad and torch.is_grad_enabled()):
         return linear(x)
     row_step = ROW_STEPS.get(x)
-    if row_step is not None:
-        row_step.read()
+    if row_step is not None and not row_step.read():  # its optimiser is gone (run over)
+        row_step = None
     return _TableProjection.apply(x, linear.weight, linear.bias, buffers, key, row_step)
 
 

@@ -258,8 +258,13 @@ class AdamRowStep:
         self.used = False                 # read through project_table at least once
         self._task = None                 # the backward pass of the last step
 
-    def read(self) -> None:
+    def read(self) -> bool:
+        """A forward read of the table: whether this step applies to it (False once the
+        optimiser is gone: then the table's gradient takes the ordinary path)."""
+        if self._opt() is None:
+            return False
         self.used = True
+        return True
 
     def __call__(self, blocks) -> None:
         from torch.optim.adam import adam
