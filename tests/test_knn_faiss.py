@@ -1,10 +1,12 @@
-"""kNN graphs through FAISS: the exact index gives the torch path's neighbour sets; approximate
-indexes are measured by their recall; the configuration keys reach the models' graphs."""
+"""kNN graphs through FAISS (the default backend): the exact index gives the torch path's
+neighbour sets, ties included; approximate indexes are measured by their recall; the
+configuration keys reach the models' graphs."""
 import numpy as np
 import pytest
 import torch
 
 from mmrecsys.graphs import knn_graph, knn_recall, knn_settings
+from mmrecsys.graphs import knn as knn_module
 
 faiss = pytest.importorskip("faiss")
 
@@ -17,10 +19,48 @@ def _features(n=400, d=24, seed=0):
 @pytest.mark.parametrize("exclude_self", [False, True])
 def test_flat_index_equals_the_torch_path(exclude_self):
     x = _features()
-    ti, tv = knn_graph(x, 10, exclude_self=exclude_self)
+    ti, tv = knn_graph(x, 10, exclude_self=exclude_self, backend="torch")
     fi, fv = knn_graph(x, 10, exclude_self=exclude_self, backend="faiss", index="flat")
     assert [set(r) for r in ti.tolist()] == [set(r) for r in fi.tolist()]
     assert torch.allclose(tv, fv, atol=1e-5)
+    assert torch.equal(knn_graph(x, 10, exclude_self=exclude_self)[0], fi)   # the default
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+@pytest.mark.parametrize("how", [dict(backend="faiss"), dict(backend="torch", tiles=True)])
+def test_other_orders_keep_the_rows_tie_order(how, exclude_self, monkeypatch):
+    """Duplicated rows (e.g. items whose missing image was filled with the mean vector) and
+    all-zero rows tie exactly; FAISS, or the symmetric tiles, alone may keep other members of a
+    tie than torch.topk over the full row. Such rows are decided by the rows schedule, so the
+    lists are the rows schedule's, row for row."""
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((60, 8)).astype(np.float32)
+    x = np.concatenate([base, np.repeat(base[:5], 6, axis=0),     # 6 copies of 5 rows
+                        np.zeros((4, 8), np.float32)])            # 4 all-zero rows
+    x = x[rng.permutation(len(x))]
+    redone = []
+    real = knn_module._torch_rows
+    monkeypatch.setattr(knn_module, "_torch_rows",
+                        lambda *a, rows=None: redone.append(rows) or real(*a, rows=rows))
+    fi, fv = knn_graph(x, 4, exclude_self=exclude_self, chunk_size=16, **how)
+    monkeypatch.setattr(knn_module, "_torch_rows", real)
+    ti, tv = knn_graph(x, 4, exclude_self=exclude_self, backend="torch")
+    assert [set(r) for r in fi.tolist()] == [set(r) for r in ti.tolist()]
+    assert torch.allclose(fv.sort(1).values, tv.sort(1).values, atol=1e-6)
+    # only the rows near a tie were redone: the copies and the zero rows, not the rest
+    assert len(redone) == 1 and 30 <= len(redone[0]) < len(x)
+    # without the check, the tie order does differ here (so the test can fail)
+    monkeypatch.setattr(knn_module, "TIE_TOLERANCE", -1.0)
+    gi, _ = knn_graph(x, 4, exclude_self=exclude_self, chunk_size=16, **how)
+    assert [set(r) for r in gi.tolist()] != [set(r) for r in ti.tolist()]
+
+
+def test_flat_index_when_k_reaches_every_row():
+    x = _features(12, 4)
+    for k, ex in ((12, False), (11, True)):
+        fi, _ = knn_graph(x, k, exclude_self=ex, backend="faiss")
+        ti, _ = knn_graph(x, k, exclude_self=ex, backend="torch")
+        assert [set(r) for r in fi.tolist()] == [set(r) for r in ti.tolist()]
 
 
 @pytest.mark.parametrize("index", ["ivf", "hnsw"])
@@ -50,9 +90,9 @@ def test_config_keys_reach_a_models_graphs(tmp_path):
     from mmrecsys.models import get_model_class
     data = mr.load_dataset("synthetic", n_users=120, n_items=80, seed=2)
     base = dict(epochs=1, cache_dir=str(tmp_path), knn_k=3)
-    torch_model = mr.fit(data, "mmhcl", **base)
+    torch_model = mr.fit(data, "mmhcl", knn_backend="torch", **base)
     n_torch = len(list(tmp_path.rglob("*.pt")))
-    faiss_model = mr.fit(data, "mmhcl", knn_backend="faiss", **base)
+    faiss_model = mr.fit(data, "mmhcl", **base)                  # faiss: the default
     # the faiss graph is its own cache entry (not the torch one read back) ...
     assert len(list(tmp_path.rglob("*.pt"))) > n_torch
     # ... and, exact, it trains the same model

@@ -43,7 +43,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "checkpoint_every": 1,         # epochs between resume checkpoints
     "modalities": [],              # feature files to use, in order ([] = every *_feat.npy, by name)
     "keep_users_without_train": False,  # evaluate held-out users with no training row (MMHCL)
-    "knn_backend": "torch",        # torch (exact, the references' torch.topk) | faiss
+    "knn_backend": "faiss",        # faiss (flat: exact, ties decided by torch) | torch
     "knn_index": "flat",           # flat (exact) | ivf | hnsw (approximate; faiss only)
     "step_in_backward": 1 << 22,   # parameters this large are updated inside backward (0 = off)
 }
@@ -73,7 +73,8 @@ TRAIN_HELP: dict[str, str] = {
     "checkpoint_every": "epochs between resume checkpoints (last.pt)",
     "modalities": "feature files to use, in order ([] = every *_feat.npy, sorted by name)",
     "keep_users_without_train": "evaluate held-out users with no training row (as MMHCL)",
-    "knn_backend": "kNN graph search: torch (exact, the references' tie order) or faiss",
+    "knn_backend": "kNN graph search: faiss (flat: exact, near-ties decided by the torch path, "
+                   "the references' torch.topk) or torch (used when FAISS is absent)",
     "knn_index": "faiss index: flat (exact), ivf or hnsw (approximate, for huge catalogues)",
     "step_in_backward": "parameters of at least N values take their optimiser step in backward, "
                         "as soon as their gradient is complete (same update, less memory; 0: off)",

@@ -8,19 +8,26 @@ similarity graphs, the synthetic data checks), in two schedules with the same ne
   ties included (``Xu107/MMHCL`` ``codes/utility/load_data.py``, ``build_knn_normalized_graph``;
   ``MrShouxingMa/REARM`` ``utils/helper.py``, ``get_knn_adj_mat``). Memory chunk·N floats.
 * tiles: both similarities offered are symmetric, so only the (chunk × chunk) tiles on and
-  above the diagonal are computed; each tile updates the running top-k of its rows and,
-  transposed, of its columns. Half the products, memory O(chunk² + N·k); exactly tied
-  similarities may resolve to other neighbours than a single ``torch.topk`` would pick.
+  above the diagonal are computed; each tile updates the running top-(k+1) of its rows and,
+  transposed, of its columns. Half the products, memory O(chunk² + N·k). A tile's product
+  rounds differently from a full row's, so rows near a tie at the k-th place are decided again
+  by the rows schedule (below): the neighbour sets are the rows schedule's, ties included.
 
-Backends. ``torch`` (the default: the schedules above) or ``faiss`` (package ``faiss-cpu``, or
-its GPU build where present): ``index="flat"`` is exact inner-product search on the normalised
-rows (``IndexFlatIP``: the same neighbour sets as the torch path, ties and last-bit rounding
-aside); ``"ivf"`` (``IndexIVFFlat``, ``nprobe`` lists probed) and ``"hnsw"``
-(``IndexHNSWFlat``, ``ef_search``) are approximate, for catalogues where exact search is too
-slow; :func:`knn_recall` measures them against exact lists. The configuration keys
+Backends. ``faiss`` (the default; package ``faiss-cpu``, or its GPU build where present) or
+``torch`` (the schedules above). ``index="flat"`` is exact inner-product search on the normalised
+rows (``IndexFlatIP``), **checked against the torch path's tie order**: FAISS returns k + 1
+candidates per row, and a row whose k-th and (k+1)-th similarities lie within
+:data:`TIE_TOLERANCE` (× √d × the rows' norms) of each other, where FAISS's and torch's roundings
+could rank them differently (exact ties: duplicated feature rows, all-zero rows), is decided again
+by the torch path itself (its full similarity row through ``torch.topk``). So the neighbour sets
+are the torch path's, ties included; the similarity values of the other rows are FAISS's, equal
+to torch's to float rounding. ``"ivf"`` (``IndexIVFFlat``, ``nprobe`` lists probed) and
+``"hnsw"`` (``IndexHNSWFlat``, ``ef_search``) are approximate, for catalogues where exact search
+is too slow; :func:`knn_recall` measures them against exact lists. The configuration keys
 ``knn_backend`` and ``knn_index`` choose, through :func:`knn_settings`, for every graph a model
-builds (and enter the graph cache's keys). Without FAISS installed, ``faiss`` falls back to the
-torch path with a warning.
+builds (and enter the graph cache's keys). The torch path is used instead of ``faiss`` when FAISS
+is not installed (with a warning, once) and, for the flat index, when the features are on a GPU
+and FAISS has no GPU support (the GPU's own product is faster than a copy to the CPU).
 """
 from __future__ import annotations
 
@@ -34,13 +41,20 @@ import torch
 
 #: the backend used when knn_graph is not told one (set by the trainer from the configuration)
 _SETTINGS: contextvars.ContextVar = contextvars.ContextVar(
-    "knn_settings", default={"backend": "torch", "index": "flat"})
+    "knn_settings", default={"backend": "faiss", "index": "flat"})
 BACKENDS = ("torch", "faiss")
 INDEXES = ("flat", "ivf", "hnsw")
+#: a flat FAISS row is re-decided by the torch path when its k-th and (k+1)-th similarities are
+#: closer than TIE_TOLERANCE · √d · ‖x_i‖ · max‖x‖: float32 dot products of d terms summed in two
+#: orders typically differ by about √d units of 2^-24 of that scale, and this is 16 times that
+#: (6.1e-5 at d = 4096; the largest difference between FAISS's and torch's similarities measured
+#: on Amazon-sized 4096-d and 384-d features was 4.8e-7)
+TIE_TOLERANCE = 2.0 ** -20
+_warned_no_faiss = False
 
 
 @contextlib.contextmanager
-def knn_settings(backend: str = "torch", index: str = "flat", **params):
+def knn_settings(backend: str = "faiss", index: str = "flat", **params):
     """Within the block, :func:`knn_graph` uses this backend/index by default.
 
     ``params``: index parameters (``nlist``, ``nprobe`` for ivf; ``m``, ``ef_search`` for hnsw).
@@ -84,8 +98,8 @@ def knn_graph(features, k: int, *, chunk_size: int = 2048, metric: str = "cosine
         metric: ``"cosine"`` (rows L2-normalised first, all-zero rows have similarity 0 to
             everything) or ``"dot"``.
         exclude_self: drop the row itself from its candidates.
-        tiles: compute only the tiles on and above the diagonal (half the products; see the
-            module docstring for ties). Default ``False``.
+        tiles: compute only the tiles on and above the diagonal (half the products, the same
+            neighbour sets; module docstring). Default ``False``.
         device: where to compute (default: where ``features`` are, CPU for arrays).
         backend, index, index_params: ``torch`` or ``faiss`` and its index (module docstring);
             default: :func:`current_knn_settings`.
@@ -106,34 +120,30 @@ def knn_graph(features, k: int, *, chunk_size: int = 2048, metric: str = "cosine
     index = index or settings.pop("index", "flat")
     params = {**{k2: v for k2, v in settings.items() if k2 not in ("backend", "index")},
               **index_params}
+    global _warned_no_faiss
     if backend == "faiss":
-        if faiss_available():
-            return _faiss_knn(x, k, exclude_self, index, **params)
-        warnings.warn("knn_backend faiss: FAISS is not installed (pip install faiss-cpu); using "
-                      "the exact torch path", stacklevel=2)
+        on_gpu_only = (index == "flat" and x.device.type != "cpu" and not _faiss_gpus())
+        if faiss_available() and not on_gpu_only:
+            return _faiss_knn(x, k, exclude_self, index, chunk_size=chunk_size, **params)
+        if not faiss_available() and not _warned_no_faiss:
+            _warned_no_faiss = True
+            warnings.warn("knn_backend faiss: FAISS is not installed (pip install faiss-cpu); "
+                          "using the exact torch path", stacklevel=2)
     elif backend != "torch":
         raise ValueError(f"knn backend {backend!r}: use one of {', '.join(BACKENDS)}")
     block = max(1, int(chunk_size))
     if not tiles:
-        idx_out = torch.empty((n, k), dtype=torch.int64, device=x.device)
-        val_out = torch.empty((n, k), dtype=torch.float32, device=x.device)
-        with torch.no_grad():
-            for start in range(0, n, block):
-                stop = min(start + block, n)
-                sim = x[start:stop] @ x.T                               # (chunk, N)
-                if exclude_self:
-                    r = torch.arange(stop - start, device=x.device)
-                    sim[r, r + start] = -float("inf")
-                val_out[start:stop], idx_out[start:stop] = torch.topk(sim, k, dim=1)
-        return idx_out, val_out
-    best_v = torch.full((n, k), -float("inf"), device=x.device)
-    best_i = torch.zeros((n, k), dtype=torch.int64, device=x.device)
+        return _torch_rows(x, k, exclude_self, block)
+    check = _has_next(n, k, exclude_self)
+    kk = k + int(check)                      # one more, to see how close the k-th place is
+    best_v = torch.full((n, kk), -float("inf"), device=x.device)
+    best_i = torch.zeros((n, kk), dtype=torch.int64, device=x.device)
 
     def merge(r0, r1, sims, c0):
         cand_v = torch.cat([best_v[r0:r1], sims], 1)
         cand_i = torch.cat([best_i[r0:r1],
                             torch.arange(c0, c0 + sims.shape[1], device=x.device).expand(r1 - r0, -1)], 1)
-        v, j = torch.topk(cand_v, k, dim=1)
+        v, j = torch.topk(cand_v, min(kk, cand_v.shape[1]), dim=1)
         best_v[r0:r1] = v
         best_i[r0:r1] = torch.gather(cand_i, 1, j)
 
@@ -149,20 +159,73 @@ def knn_graph(features, k: int, *, chunk_size: int = 2048, metric: str = "cosine
                 merge(a0, a1, sims, b0)
                 if b0 != a0:
                     merge(b0, b1, sims.T.contiguous(), a0)
-    return best_i, best_v
+    return _settle_near_ties(x, best_i, best_v, k, exclude_self, block) if check else (best_i, best_v)
+
+
+def _has_next(n: int, k: int, exclude_self: bool) -> bool:
+    """Whether a row has a (k+1)-th candidate, i.e. a k-th place that could be contested."""
+    return k < (n - 1 if exclude_self else n)
+
+
+def _settle_near_ties(x: torch.Tensor, ids: torch.Tensor, vals: torch.Tensor, k: int,
+                      exclude_self: bool, block: int):
+    """(N, k+1) candidate lists by decreasing similarity, computed in another order than the
+    rows schedule (FAISS, or the tiles) -> (N, k) lists with the rows schedule's neighbour sets:
+    rows whose k-th and (k+1)-th similarities are within the rounding tolerance
+    (:data:`TIE_TOLERANCE`) are decided again by the rows schedule itself."""
+    norms = torch.linalg.vector_norm(x, dim=1)
+    scale = norms.max() if x.shape[0] else norms.new_zeros(())
+    tol = TIE_TOLERANCE * float(np.sqrt(x.shape[1])) * norms * scale
+    redo = torch.nonzero(~(vals[:, k - 1] - vals[:, k] > tol)).flatten()   # NaN counts as near
+    ids, vals = ids[:, :k].contiguous(), vals[:, :k].contiguous()
+    if len(redo):
+        ids[redo], vals[redo] = _torch_rows(x, k, exclude_self, block, rows=redo)
+    return ids, vals
+
+
+def _torch_rows(x: torch.Tensor, k: int, exclude_self: bool, block: int, rows=None):
+    """The rows schedule: full similarity rows ``x[r] @ x.T``, ``block`` rows at a time, each
+    through one ``torch.topk``; for every row (``rows=None``) or the given row indices."""
+    n = x.shape[0]
+    rows = torch.arange(n, device=x.device) if rows is None else rows.to(x.device)
+    m = rows.shape[0]
+    idx_out = torch.empty((m, k), dtype=torch.int64, device=x.device)
+    val_out = torch.empty((m, k), dtype=torch.float32, device=x.device)
+    contiguous = m == n
+    with torch.no_grad():
+        for start in range(0, m, block):
+            stop = min(start + block, m)
+            q = x[start:stop] if contiguous else x[rows[start:stop]]
+            sim = q @ x.T                                               # (chunk, N)
+            if exclude_self:
+                r = torch.arange(stop - start, device=x.device)
+                sim[r, rows[start:stop]] = -float("inf")
+            val_out[start:stop], idx_out[start:stop] = torch.topk(sim, k, dim=1)
+    return idx_out, val_out
+
+
+def _faiss_gpus() -> bool:
+    try:
+        import faiss
+        return faiss.get_num_gpus() > 0
+    except (ImportError, AttributeError):
+        return False
 
 
 def _faiss_knn(x: torch.Tensor, k: int, exclude_self: bool, index: str = "flat", *,
-               nlist: int | None = None, nprobe: int = 16, m: int = 32,
+               chunk_size: int = 2048, nlist: int | None = None, nprobe: int = 16, m: int = 32,
                ef_search: int = 128, ef_construction: int = 200):
-    """Top-k by inner product of the (already normalised, for cosine) rows with FAISS."""
+    """Top-k by inner product of the (already normalised, for cosine) rows with FAISS; for the
+    flat index, rows near a tie at the k-th place are decided by the torch path (module
+    docstring)."""
     dev = x.device
     xs = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-    n = xs.shape[0]
+    n, d = xs.shape
     idx = faiss_index(xs, index, nlist=nlist, nprobe=nprobe, m=m,
-                      ef_search=max(ef_search, k + 1), ef_construction=ef_construction,
+                      ef_search=max(ef_search, k + 2), ef_construction=ef_construction,
                       gpu=True)
-    want = k + 1 if exclude_self else k
+    check = index == "flat" and _has_next(n, k, exclude_self)
+    want = min(n, k + int(exclude_self) + int(check))
     vals, ids = idx.search(xs, want)
     if exclude_self:
         self_hit = ids == np.arange(n)[:, None]
@@ -170,11 +233,14 @@ def _faiss_knn(x: torch.Tensor, k: int, exclude_self: bool, index: str = "flat",
         drop = np.where(self_hit.any(1), self_hit.argmax(1), want - 1)
         keep = np.ones_like(ids, dtype=bool)
         keep[np.arange(n), drop] = False
-        ids = ids[keep].reshape(n, k)
-        vals = vals[keep].reshape(n, k)
+        ids = ids[keep].reshape(n, want - 1)
+        vals = vals[keep].reshape(n, want - 1)
     ids = np.where(ids < 0, 0, ids)  # an approximate index may return fewer than k (-1)
-    return (torch.as_tensor(ids, dtype=torch.int64, device=dev),
-            torch.as_tensor(vals, dtype=torch.float32, device=dev))
+    out_i = torch.as_tensor(ids, dtype=torch.int64, device=dev)
+    out_v = torch.as_tensor(vals, dtype=torch.float32, device=dev)
+    if check:
+        return _settle_near_ties(x, out_i, out_v, k, exclude_self, max(1, int(chunk_size)))
+    return out_i, out_v
 
 
 def faiss_index(xs: np.ndarray, index: str = "flat", *, nlist: int | None = None,

@@ -104,7 +104,7 @@ def build_model(data: Dataset, cfg: dict, device) -> torch.nn.Module:
     cls = get_model_class(cfg["model"])
     cache = GraphCache(cfg.get("cache_dir") or default_cache_dir())
     try:
-        with knn_settings(cfg.get("knn_backend", "torch"), cfg.get("knn_index", "flat")):
+        with knn_settings(cfg.get("knn_backend", "faiss"), cfg.get("knn_index", "flat")):
             model = cls(data, cache, **model_kwargs(cls, cfg))
         model.train_batch_size = cfg.get("batch_size")
         return model.to(device)
