@@ -119,3 +119,17 @@ def test_serving_from_an_ann_index(tmp_path):
         warnings.simplefilter("ignore")
         ids, sc = m.recommend([0], k=300)           # beyond the unseen items: padded
     assert (ids[0] >= 0).sum() == 300 - data.train[0].nnz
+
+
+def test_without_faiss_the_torch_path_is_used_with_one_warning(monkeypatch):
+    x = _features(80, 6)
+    monkeypatch.setattr(knn_module, "faiss_available", lambda: False)
+    monkeypatch.setattr(knn_module, "_warned_no_faiss", False)
+    with pytest.warns(UserWarning, match="FAISS is not installed"):
+        a, _ = knn_graph(x, 5)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")              # said once per process, not per graph
+        b, _ = knn_graph(x, 5)
+    t, _ = knn_graph(x, 5, backend="torch")
+    assert torch.equal(a, t) and torch.equal(b, t)
