@@ -252,6 +252,9 @@ def faiss_index(xs: np.ndarray, index: str = "flat", *, nlist: int | None = None
     ``ef_construction``, default FAISS's). ``gpu``: a flat index moves to every GPU of a FAISS
     GPU build. Used by the kNN graphs and by :meth:`mmrecsys.api.TrainedModel.use_ann`."""
     import faiss
+    # FAISS's OpenMP pool follows torch's thread count (set by --threads, one per process in a
+    # data-parallel run), instead of taking every core
+    faiss.omp_set_num_threads(torch.get_num_threads())
     n, d = xs.shape
     if index == "flat":
         idx = faiss.IndexFlatIP(d)
