@@ -302,6 +302,27 @@ def test_half_squared_l2_and_info_nce_are_the_reference_formulas():
         torch.testing.assert_close(x, y)
 
 
+
+@pytest.mark.parametrize("tau", [0.2, 0.01])     # the shifted log-sum-exp; the max-shifted one
+def test_info_nce_paths_match_the_literal_formula_in_float64(tau):
+    from mmrecsys.models import layers
+    assert (tau > layers.SHIFTED_LSE_MIN_TAU) == (tau == 0.2)
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(30, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(30, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    rows = torch.randint(0, 30, (50,), generator=g)
+    ids, cnt = torch.unique(rows, return_counts=True)
+    for ours, literal in ((info_nce(a, b, tau), infonce_literal(a, b, tau)),
+                          (info_nce(a[ids], b[ids], tau, cnt), infonce_literal(a[rows], b[rows], tau))):
+        torch.testing.assert_close(ours, literal)
+        for x, y in zip(torch.autograd.grad(ours, [a, b]), torch.autograd.grad(literal, [a, b])):
+            torch.testing.assert_close(x, y)
+    w = cnt.to(torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda x, y: layers._ShiftedLogSumExp.apply(torch.nn.functional.normalize(x, dim=1),
+                                                    torch.nn.functional.normalize(y, dim=1), w, 0.3),
+        (a[ids].detach().requires_grad_(), b[ids].detach().requires_grad_()))
+
 # ------------------------------------------------------------------ the models against the literal code
 @pytest.mark.parametrize("name", NAMES)
 def test_loss_terms_and_gradients_equal_the_literal_reference(name, data):

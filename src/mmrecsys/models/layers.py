@@ -85,19 +85,61 @@ def info_nce(view1: torch.Tensor, view2: torch.Tensor, temperature: float,
     mean_b −log( exp(c(v1_b, v2_b)/τ) / Σ_b' exp(c(v1_b, v2_b')/τ) ).
 
     Candidates are the batch's own rows, repeats included (a user twice in the batch is twice a
-    candidate). Written as logsumexp − positive (the same value without exp overflow).
+    candidate). Written as log-sum-exp − positive (the same value without exp overflow).
     ``counts``: the rows are the *distinct* nodes of the batch and ``counts`` their
     multiplicities; then the result is exactly the loss over the batch with its repeats,
-    Σ_k n_k [log Σ_j n_j exp(c_kj/τ) − c_kk/τ] / Σ_k n_k, at K² instead of B² cost."""
+    Σ_k n_k [log Σ_j n_j exp(c_kj/τ) − c_kk/τ] / Σ_k n_k, at K² instead of B² cost.
+
+    For τ > :data:`SHIFTED_LSE_MIN_TAU` the log-sum-exp is :class:`_ShiftedLogSumExp`: cosines
+    are at most 1, so exp(c/τ − 1/τ) neither overflows nor, with c ≥ −1, underflows, and the
+    K × K block takes one product, one exponential and one weighted row sum forward and two
+    products backward, instead of autograd's dozen elementwise passes over it."""
     a = F.normalize(view1, dim=1)
     b = F.normalize(view2, dim=1)
     pos = (a * b).sum(1) / temperature
+    if temperature > SHIFTED_LSE_MIN_TAU:
+        w = None if counts is None else counts.to(a.dtype)
+        lse = _ShiftedLogSumExp.apply(a, b, w, float(temperature))
+        return (lse - pos).mean() if w is None else (w * (lse - pos)).sum() / w.sum()
     logits = a @ b.T / temperature
     if counts is None:
         return (torch.logsumexp(logits, dim=1) - pos).mean()
     w = counts.to(logits.dtype)
     lse = torch.logsumexp(logits + w.log()[None, :], dim=1)
     return (w * (lse - pos)).sum() / w.sum()
+
+
+#: below this temperature exp(−2/τ) underflows float32 (e^−87), and :func:`info_nce` takes the
+#: max-shifted ``torch.logsumexp``
+SHIFTED_LSE_MIN_TAU = 2.0 / 80.0
+
+
+class _ShiftedLogSumExp(torch.autograd.Function):
+    """lse_k = log Σ_j w_j exp(a_k·b_j / τ) for rows a, b of norm ≤ 1 (w = 1 when None),
+    computed as 1/τ + log Σ_j w_j E_kj with E = exp((a bᵀ − 1)/τ) ∈ (0, 1]. Backward, with
+    P = diag(g / r) E diag(w) (r = E w): ∂a = P b / τ, ∂b = Pᵀ a / τ, each one product with the
+    saved E and no further K × K pass."""
+
+    @staticmethod
+    def forward(ctx, a, b, w, tau):
+        e = torch.addmm(a.new_full((1,), -1.0 / tau), a, b.T, alpha=1.0 / tau).exp_()
+        r = e.sum(1) if w is None else e @ w
+        ctx.save_for_backward(a, b, e, r, w)
+        ctx.tau = tau
+        return r.log() + 1.0 / tau
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b, e, r, w = ctx.saved_tensors
+        coef = g / (r * ctx.tau)
+        ga = gb = None
+        if ctx.needs_input_grad[0]:
+            ga = coef[:, None] * (e @ (b if w is None else w[:, None] * b))
+        if ctx.needs_input_grad[1]:
+            gb = e.T @ (coef[:, None] * a)
+            if w is not None:
+                gb = w[:, None] * gb
+        return ga, gb, None, None
 
 
 def emb_loss(*embeddings: torch.Tensor) -> torch.Tensor:
@@ -240,8 +282,13 @@ class _TableProjection(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             if ctx.row_step is not None:            # G W block by block, into the optimiser
                 block = max(1, PROJECT_BLOCK_BYTES // (4 * max(1, x.shape[1])))
-                ctx.row_step((s, min(s + block, len(x)), grad[s:s + block] @ weight)
-                             for s in range(0, len(x), block))
+                buf = x.new_empty((min(block, len(x)), x.shape[1]))  # one block, reused
+
+                def blocks():
+                    for s in range(0, len(x), block):
+                        e = min(s + block, len(x))
+                        yield s, e, torch.mm(grad[s:e], weight, out=buf[:e - s])
+                ctx.row_step(blocks())
             elif ctx.buffers is None:
                 g_x = grad @ weight
             elif x.grad is None:
