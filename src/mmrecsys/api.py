@@ -323,7 +323,7 @@ class TrainedModel:
         built-in ones); :meth:`ann_recall` measures it against exact ranking. Returns self."""
         from .graphs.knn import faiss_available
         if not faiss_available():
-            raise RequestError("approximate search needs FAISS: pip install 'mmrecsys[ann]'")
+            raise RequestError("approximate search needs FAISS (a dependency of mmrecsys): pip install faiss-cpu")
         from .models.base import Recommender
         if type(self.model).score is not Recommender.score:
             raise RequestError(f"{self.name} scores with its own function, not an inner product of "
