@@ -46,6 +46,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "knn_backend": "faiss",        # faiss (flat: exact, ties decided by torch) | torch
     "knn_index": "flat",           # flat (exact) | ivf | hnsw (approximate; faiss only)
     "step_in_backward": 1 << 22,   # parameters this large are updated inside backward (0 = off)
+    "cpu_matmul": "auto",          # auto | mkl | onednn: the library of CPU float32 products
 }
 
 #: one-line meaning of each trainer key (``mmrecsys models NAME`` prints them)
@@ -78,12 +79,16 @@ TRAIN_HELP: dict[str, str] = {
     "knn_index": "faiss index: flat (exact), ivf or hnsw (approximate, for huge catalogues)",
     "step_in_backward": "parameters of at least N values take their optimiser step in backward, "
                         "as soon as their gradient is complete (same update, less memory; 0: off)",
+    "cpu_matmul": "library of CPU float32 matrix products: auto (oneDNN where it is checked exact "
+                  "float32 and measured faster, e.g. AMD processors, where MKL is slow; else "
+                  "MKL), mkl (PyTorch's default) or onednn",
 }
 
 #: keys whose value may be null (YAML ``null`` / ``--set key=null``)
 NULLABLE = {"valid_round"}
 
 CHOICES = {
+    "cpu_matmul": ("auto", "mkl", "onednn"),
     "knn_backend": ("torch", "faiss"),
     "knn_index": ("flat", "ivf", "hnsw"),
     "optimizer": ("adam", "adamw"),

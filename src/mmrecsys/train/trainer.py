@@ -51,6 +51,7 @@ from ..graphs.cache import default_cache_dir
 from ..io import atomic_torch_save, atomic_write_json, atomic_write_text
 from ..models import get_model_class
 from ..models.layers import ROW_STEPS
+from .matmul import cpu_matmul
 from .sampler import make_sampler
 
 
@@ -104,7 +105,8 @@ def build_model(data: Dataset, cfg: dict, device) -> torch.nn.Module:
     cls = get_model_class(cfg["model"])
     cache = GraphCache(cfg.get("cache_dir") or default_cache_dir())
     try:
-        with knn_settings(cfg.get("knn_backend", "faiss"), cfg.get("knn_index", "flat")):
+        with knn_settings(cfg.get("knn_backend", "faiss"), cfg.get("knn_index", "flat")), \
+                cpu_matmul(cfg.get("cpu_matmul", "auto"), device):
             model = cls(data, cache, **model_kwargs(cls, cfg))
         model.train_batch_size = cfg.get("batch_size")
         return model.to(device)
@@ -366,6 +368,10 @@ class EpochEvaluator:
         self._shared: Ranking | None = None
 
     def __call__(self, split: str, keep_topk: bool = False) -> EvalResult:
+        with cpu_matmul(self.cfg.get("cpu_matmul", "auto"), self.device):
+            return self._evaluate(split, keep_topk)
+
+    def _evaluate(self, split: str, keep_topk: bool) -> EvalResult:
         ranking = None
         if not is_stochastic(self.net) and not self.cfg["mask_valid_at_test"]:
             if self._shared is None:
@@ -544,6 +550,10 @@ class Trainer:
     # ------------------------------------------------------------------ steps
     def train_epoch(self, epoch: int) -> dict:
         """One pass over the sampler's batches; the history row (mean loss terms, seconds)."""
+        with cpu_matmul(self.cfg.get("cpu_matmul", "auto"), self.device):
+            return self._train_epoch(epoch)
+
+    def _train_epoch(self, epoch: int) -> dict:
         net = self.net
         t0 = time.perf_counter()
         net.train()
@@ -566,8 +576,12 @@ class Trainer:
     def train_step(self, users, pos, neg) -> dict:
         """One optimisation step on a batch of (user, positive, negative) index arrays: loss,
         backward, optimiser step, gradients freed; returns the loss terms (tensors)."""
-        if self.world > 1:
-            return self._parallel_step(users, pos, neg)
+        with cpu_matmul(self.cfg.get("cpu_matmul", "auto"), self.device):
+            if self.world > 1:
+                return self._parallel_step(users, pos, neg)
+            return self._step(users, pos, neg)
+
+    def _step(self, users, pos, neg) -> dict:
         dev = self.device
         u = torch.as_tensor(users, device=dev)
         p = torch.as_tensor(pos, device=dev)

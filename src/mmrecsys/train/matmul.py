@@ -1,0 +1,138 @@
+"""Which library computes float32 matrix products on the CPU: MKL (PyTorch's default) or oneDNN.
+
+PyTorch's CPU builds hand float32 ``mm``/``addmm``/``bmm``/``linear`` to MKL. MKL picks its
+fast AVX-512 kernels only on Intel processors; on AMD Zen 4/5 it runs slower code, about
+2.5 times under what the same cores do with oneDNN (also shipped in PyTorch): a 7,050 × 4,096 ×
+64 product takes 22 ms through MKL and 9 ms through oneDNN on a 2-core AMD EPYC (Zen 5).
+
+PyTorch routes float32 products to oneDNN only under its reduced-precision switch
+(``torch.backends.mkldnn.matmul.fp32_precision = "bf16"``), which *allows* oneDNN to round the
+inputs to bfloat16. Whether it does depends on the processor (it does on Intel's AMX). So
+:func:`onednn_is_exact` checks, once per process, that oneDNN computes IEEE float32 products
+here: on integer-grid inputs whose exact products and sums are representable in float32 (any
+rounding to bfloat16, in the inputs or the accumulation, changes them) for the product shapes
+the models use, and bit-for-bit MKL's results on random inputs of short inner dimension (where
+both sum in the same order). Only then, and only when oneDNN is also measured faster here,
+``cpu_matmul: auto`` (the default) uses it; ``mkl`` never does; ``onednn`` does whenever exact.
+
+The results are the same products in float32; only the summation order of long inner
+dimensions (e.g. the 4,096-d features) differs, as between any two BLAS libraries.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+import warnings
+
+import torch
+
+MODES = ("auto", "mkl", "onednn")
+
+
+def _switch():
+    m = getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)
+    if m is None or not hasattr(m, "fp32_precision") or not torch.backends.mkldnn.is_available():
+        return None
+    return m
+
+
+@contextlib.contextmanager
+def _routed(on: bool):
+    m = _switch()
+    if m is None:
+        yield
+        return
+    old = m.fp32_precision
+    m.fp32_precision = "bf16" if on else "ieee"
+    try:
+        yield
+    finally:
+        m.fp32_precision = old
+
+
+# (rows, inner, columns) of the products the models compute: feature projections (4,096-d and
+# 384-d), their gradients, block-wise table gradients, in-batch InfoNCE, evaluation scoring
+_SHAPES = ((2048, 4096, 64), (64, 2048, 4096), (256, 64, 4096), (4096, 384, 64),
+           (147, 128, 7050), (1899, 64, 1899), (2048, 64, 64), (7, 3, 5))
+
+
+def _grid(shape, gen, ones_plus: bool) -> torch.Tensor:
+    """Entries 1 + r/512 (r = 0..3) or small integers 0..3: every product and partial sum of
+    an inner dimension ≤ 4,096 is a multiple of 2^-9 below 2^14, exact in float32."""
+    r = torch.randint(0, 4, shape, generator=gen).float()
+    return 1.0 + r / 512.0 if ones_plus else r
+
+
+@functools.lru_cache(maxsize=1)
+def onednn_is_exact() -> bool:
+    """Whether oneDNN (under PyTorch's switch) computes IEEE float32 products on this CPU
+    (module docstring). Cached for the process."""
+    if _switch() is None:
+        return False
+    gen = torch.Generator().manual_seed(0)
+    try:
+        with torch.no_grad(), _routed(True):
+            for m, k, n in _SHAPES:
+                a, b = _grid((m, k), gen, True), _grid((k, n), gen, False)
+                exact = (a.double() @ b.double()).float()
+                bias = _grid((n,), gen, False)
+                if not (torch.equal(a @ b, exact) and torch.equal(b.T @ a.T, exact.T)
+                        and torch.equal(torch.addmm(bias, a, b), exact + bias)
+                        and torch.equal(torch.nn.functional.linear(a, b.T.contiguous(), bias),
+                                        exact + bias)):
+                    return False
+            a, b = _grid((6, 33, 17), gen, True), _grid((6, 17, 5), gen, False)
+            if not torch.equal(torch.bmm(a, b), (a.double() @ b.double()).float()):
+                return False
+            x, y = torch.randn(300, 64, generator=gen), torch.randn(64, 500, generator=gen)
+            with _routed(False):
+                ref = x @ y
+            return torch.equal(x @ y, ref)
+    except RuntimeError:   # an unsupported build or processor
+        return False
+
+
+@functools.lru_cache(maxsize=1)
+def onednn_is_faster() -> bool:
+    """Whether a feature-projection-sized product (4,096 × 4,096 × 64) runs at least 1.3 times
+    faster through oneDNN than through MKL here (best of 3 each; cached for the process)."""
+    gen = torch.Generator().manual_seed(1)
+    a, b = torch.randn(4096, 4096, generator=gen), torch.randn(4096, 64, generator=gen)
+
+    def best(on):
+        with torch.no_grad(), _routed(on):
+            a @ b
+            times = []
+            for _ in range(3):
+                t = time.perf_counter()
+                a @ b
+                times.append(time.perf_counter() - t)
+        return min(times)
+    return best(True) * 1.3 <= best(False)
+
+
+def resolve(mode: str, device=None) -> bool:
+    """Whether ``mode`` (``auto``, ``mkl`` or ``onednn``) routes CPU float32 products to oneDNN
+    here. ``onednn`` where oneDNN is not exact warns and keeps MKL."""
+    if mode not in MODES:
+        raise ValueError(f"cpu_matmul {mode!r}: use one of {', '.join(MODES)}")
+    if mode == "mkl" or (device is not None and torch.device(device).type != "cpu"):
+        return False
+    if not onednn_is_exact():
+        if mode == "onednn":
+            warnings.warn("cpu_matmul onednn: oneDNN does not compute exact float32 products on "
+                          "this CPU (or this PyTorch lacks the switch); using MKL", stacklevel=2)
+        return False
+    return mode == "onednn" or onednn_is_faster()
+
+
+@contextlib.contextmanager
+def cpu_matmul(mode: str = "auto", device=None):
+    """Within the block, CPU float32 products go to oneDNN when :func:`resolve` says so (and
+    the previous setting is restored after)."""
+    if resolve(mode, device):
+        with _routed(True):
+            yield
+    else:
+        yield
