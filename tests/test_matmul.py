@@ -1,9 +1,10 @@
 """The CPU float32 product library switch (``cpu_matmul``): oneDNN only where it is checked to
-compute exact float32 products; the setting is restored after each block."""
+compute exact float32 products, and only for the products marked fixed-shape; the setting is
+restored after each block."""
 import pytest
 import torch
 
-from mmrecsys.train import matmul
+from mmrecsys import matmul
 
 
 def test_probe_data_detect_any_rounding_to_bfloat16():
@@ -23,9 +24,14 @@ def test_modes_and_restoring_the_setting():
     assert matmul.resolve("auto", device="cuda") is False    # CUDA products are untouched
     sw = matmul._switch()
     before = sw.fp32_precision if sw is not None else None
+    with matmul.fixed_shape_products():             # outside cpu_matmul: nothing changes
+        assert (sw.fp32_precision if sw is not None else None) == before
     with matmul.cpu_matmul("onednn"):
-        if matmul.onednn_is_exact():
-            assert sw.fp32_precision == "bf16"
+        assert (sw.fp32_precision if sw is not None else None) == before  # products in general
+        with matmul.fixed_shape_products():          # the fixed-shape ones
+            if matmul.onednn_is_exact():
+                assert sw.fp32_precision == "bf16"
+        assert (sw.fp32_precision if sw is not None else None) == before
     assert (sw.fp32_precision if sw is not None else None) == before
 
 

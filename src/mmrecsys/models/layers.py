@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..matmul import fixed_shape_products
+
 
 # ----------------------------------------------------------------------- data parallelism
 @dataclass(frozen=True)
@@ -230,10 +232,12 @@ class _ProjectRows(torch.autograd.Function):
         w_t = weight.t()
         for s in range(0, len(rows), block):
             x = table_weight.index_select(0, rows[s:s + block])
-            if bias is None:
-                torch.mm(x, w_t, out=out[s:s + block])
-            else:
-                torch.addmm(bias, x, w_t, out=out[s:s + block])
+            # full blocks have one shape; the last one's size changes with every batch
+            with fixed_shape_products() if len(x) == block else contextlib.nullcontext():
+                if bias is None:
+                    torch.mm(x, w_t, out=out[s:s + block])
+                else:
+                    torch.addmm(bias, x, w_t, out=out[s:s + block])
         ctx.table, ctx.block, ctx.has_bias = table, block, bias is not None
         ctx.save_for_backward(weight, table_weight, rows)
         return out
@@ -248,10 +252,11 @@ class _ProjectRows(torch.autograd.Function):
         if need_w or need_x:
             for s in range(0, len(rows), ctx.block):
                 r, g = rows[s:s + ctx.block], grad[s:s + ctx.block]
-                if need_w:
-                    grad_w.addmm_(g.t(), table_weight.index_select(0, r))
-                if need_x:
-                    ctx.table._accumulate_grad(r, g @ weight)
+                with fixed_shape_products() if len(r) == ctx.block else contextlib.nullcontext():
+                    if need_w:
+                        grad_w.addmm_(g.t(), table_weight.index_select(0, r))
+                    if need_x:
+                        ctx.table._accumulate_grad(r, g @ weight)
         return grad_w, grad_b, None, None, None, None
 
 
@@ -270,10 +275,16 @@ class _TableProjection(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         ctx.buffers, ctx.key, ctx.row_step = buffers, key, row_step
         ctx.has_bias = bias is not None
-        return torch.addmm(bias, x, weight.T) if bias is not None else x @ weight.T
+        with fixed_shape_products():
+            return torch.addmm(bias, x, weight.T) if bias is not None else x @ weight.T
 
     @staticmethod
     def backward(ctx, grad):
+        with fixed_shape_products():
+            return _TableProjection._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx, grad):
         x, weight = ctx.saved_tensors
         grad = grad.contiguous()
         g_w = grad.T @ x if ctx.needs_input_grad[1] else None   # before X changes

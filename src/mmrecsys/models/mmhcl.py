@@ -55,6 +55,7 @@ from ..graphs import SparseGraph, normalized_adjacency
 from ..graphs.hypergraph import (HYPERGRAPH_VERSION, TorchHypergraph, i2i_hypergraph,
                                  multimodal_knn_incidence, u2u_hypergraph)
 from .base import Recommender
+from ..matmul import fixed_shape_products
 from .layers import batch_size, bpr_logsigmoid, power, propagate
 
 _LOG2E = 1.0 / math.log(2.0)
@@ -71,6 +72,11 @@ class _AllNodeInfoNCE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z1, z2, tau: float, chunk: int, need_grad: bool):
+        with fixed_shape_products():   # chunks of one shape, the same every step
+            return _AllNodeInfoNCE._forward(ctx, z1, z2, tau, chunk, need_grad)
+
+    @staticmethod
+    def _forward(ctx, z1, z2, tau: float, chunk: int, need_grad: bool):
         n, d = z1.shape
         zc = torch.cat([z1, z2], 0)                        # (2N, d)
         # [zc | 1]: one product gives Σ_m p_nm zc_m and the denominators together

@@ -51,7 +51,7 @@ from ..graphs.cache import default_cache_dir
 from ..io import atomic_torch_save, atomic_write_json, atomic_write_text
 from ..models import get_model_class
 from ..models.layers import ROW_STEPS
-from .matmul import cpu_matmul
+from ..matmul import cpu_matmul, fixed_shape_products
 from .sampler import make_sampler
 
 
@@ -368,7 +368,9 @@ class EpochEvaluator:
         self._shared: Ranking | None = None
 
     def __call__(self, split: str, keep_topk: bool = False) -> EvalResult:
-        with cpu_matmul(self.cfg.get("cpu_matmul", "auto"), self.device):
+        # every product of a pass has a shape fixed by the dataset (representations, score
+        # blocks of eval_batch_size users), the same at every epoch
+        with cpu_matmul(self.cfg.get("cpu_matmul", "auto"), self.device), fixed_shape_products():
             return self._evaluate(split, keep_topk)
 
     def _evaluate(self, split: str, keep_topk: bool) -> EvalResult:
