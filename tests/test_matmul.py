@@ -49,3 +49,11 @@ def test_training_is_the_same_with_either_library():
     b = mr.fit(data, "mmhcl", epochs=2, cpu_matmul="onednn")
     for ra, rb in zip(a.history, b.history):
         assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5)
+
+
+def test_auto_follows_the_processor(monkeypatch):
+    monkeypatch.setattr(matmul, "onednn_is_exact", lambda: True)
+    monkeypatch.setattr(matmul, "cpu_vendor", lambda: "GenuineIntel")   # MKL's fast code
+    assert matmul.resolve("auto") is False and matmul.resolve("onednn") is True
+    monkeypatch.setattr(matmul, "cpu_vendor", lambda: "AuthenticAMD")
+    assert matmul.resolve("auto") is True

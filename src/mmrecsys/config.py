@@ -79,8 +79,8 @@ TRAIN_HELP: dict[str, str] = {
     "knn_index": "faiss index: flat (exact), ivf or hnsw (approximate, for huge catalogues)",
     "step_in_backward": "parameters of at least N values take their optimiser step in backward, "
                         "as soon as their gradient is complete (same update, less memory; 0: off)",
-    "cpu_matmul": "library of CPU float32 matrix products: auto (oneDNN where it is checked exact "
-                  "float32 and measured faster, e.g. AMD processors, where MKL is slow; else "
+    "cpu_matmul": "library of CPU float32 matrix products of fixed shape: auto (oneDNN on AMD "
+                  "processors, where MKL is slow, when checked to compute exact float32; else "
                   "MKL), mkl (PyTorch's default) or onednn",
 }
 

@@ -12,8 +12,8 @@ inputs to bfloat16. Whether it does depends on the processor (it does on Intel's
 here: on integer-grid inputs whose exact products and sums are representable in float32 (any
 rounding to bfloat16, in the inputs or the accumulation, changes them) for the product shapes
 the models use, and bit-for-bit MKL's results on random inputs of short inner dimension (where
-both sum in the same order). Only then, and only when oneDNN is also measured faster here,
-``cpu_matmul: auto`` (the default) uses it; ``mkl`` never does; ``onednn`` does whenever exact.
+both sum in the same order). Only then, and only on AMD processors (where MKL is slow; decided by the processor, not a
+timing, so a machine always uses the same library), ``cpu_matmul: auto`` (the default) uses it; ``mkl`` never does; ``onednn`` does whenever exact.
 It is used for the products whose shapes repeat from step to step (:func:`fixed_shape_products`).
 
 The results are the same products in float32; only the summation order of long inner
@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-import time
 import warnings
 
 import torch
@@ -96,22 +95,16 @@ def onednn_is_exact() -> bool:
 
 
 @functools.lru_cache(maxsize=1)
-def onednn_is_faster() -> bool:
-    """Whether a feature-projection-sized product (4,096 × 4,096 × 64) runs at least 1.3 times
-    faster through oneDNN than through MKL here (best of 3 each; cached for the process)."""
-    gen = torch.Generator().manual_seed(1)
-    a, b = torch.randn(4096, 4096, generator=gen), torch.randn(4096, 64, generator=gen)
-
-    def best(on):
-        with torch.no_grad(), _routed(on):
-            a @ b
-            times = []
-            for _ in range(3):
-                t = time.perf_counter()
-                a @ b
-                times.append(time.perf_counter() - t)
-        return min(times)
-    return best(True) * 1.3 <= best(False)
+def cpu_vendor() -> str:
+    """The processor's vendor string (``AuthenticAMD``, ``GenuineIntel``; "" when unknown)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def resolve(mode: str, device=None) -> bool:
@@ -126,7 +119,9 @@ def resolve(mode: str, device=None) -> bool:
             warnings.warn("cpu_matmul onednn: oneDNN does not compute exact float32 products on "
                           "this CPU (or this PyTorch lacks the switch); using MKL", stacklevel=2)
         return False
-    return mode == "onednn" or onednn_is_faster()
+    # auto: where MKL runs its slow code (AMD); decided by the processor, not by a timing, so
+    # the same machine always computes with the same library
+    return mode == "onednn" or cpu_vendor() == "AuthenticAMD"
 
 
 #: whether the current block may route fixed-shape products to oneDNN (set by cpu_matmul)
