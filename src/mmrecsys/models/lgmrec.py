@@ -101,7 +101,6 @@ from torch import nn
 
 from ..graphs import SparseGraph, binarize, inv_power, normalized_adjacency
 from .base import Recommender
-from ..matmul import fixed_shape_products
 from .layers import bpr_logsigmoid, emb_loss, power, propagate
 
 _EPS_NORM = 1e-12   # F.normalize's eps
@@ -123,11 +122,6 @@ class _WeightedLogSumExpMatmul(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a, b, w, bound, chunk_elems):
-        with fixed_shape_products():   # chunks of one shape, the same every step
-            return _WeightedLogSumExpMatmul._forward(ctx, a, b, w, bound, chunk_elems)
-
-    @staticmethod
-    def _forward(ctx, a, b, w, bound, chunk_elems):
         rows = max(1, int(chunk_elems) // max(1, b.shape[0]))
         want_grad = any(ctx.needs_input_grad[:2])
         b1 = torch.cat([b, torch.ones_like(b[:, :1])], 1)                   # (n_b, k+1)
