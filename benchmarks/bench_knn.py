@@ -119,9 +119,7 @@ def flat_sample(x, sample, exact_out) -> dict:
     t = time.perf_counter()
     vals, ids = index.search(np.ascontiguousarray(xt.numpy()[sample]), K + 1)
     ids, vals = torch.as_tensor(ids), torch.as_tensor(vals)
-    norms = torch.linalg.vector_norm(xt, dim=1)
-    tol = knn_mod.TIE_TOLERANCE * float(np.sqrt(xt.shape[1])) * norms[sample] * norms.max()
-    near = torch.nonzero(~(vals[:, K - 1] - vals[:, K] > tol)).flatten()
+    near = knn_mod.near_ties(xt, vals, K, rows=sample)
     ids = ids[:, :K].contiguous()
     if len(near):
         ids[near] = knn_mod._torch_rows(xt, K, False, 2048, rows=torch.as_tensor(sample)[near])[0]

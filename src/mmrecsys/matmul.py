@@ -12,8 +12,9 @@ inputs to bfloat16. Whether it does depends on the processor (it does on Intel's
 here: on integer-grid inputs whose exact products and sums are representable in float32 (any
 rounding to bfloat16, in the inputs or the accumulation, changes them) for the product shapes
 the models use, and bit-for-bit MKL's results on random inputs of short inner dimension (where
-both sum in the same order). Only then, and only on AMD processors (where MKL is slow; decided by the processor, not a
-timing, so a machine always uses the same library), ``cpu_matmul: auto`` (the default) uses it; ``mkl`` never does; ``onednn`` does whenever exact.
+both sum in the same order). Only then, and only on AMD processors (where MKL is slow;
+decided by the processor, not a timing, so a machine always uses the same library),
+``cpu_matmul: auto`` (the default) uses it; ``mkl`` never does; ``onednn`` does whenever exact.
 It is used for the products whose shapes repeat from step to step (:func:`fixed_shape_products`).
 
 The results are the same products in float32; only the summation order of long inner

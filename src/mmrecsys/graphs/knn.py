@@ -173,14 +173,22 @@ def _settle_near_ties(x: torch.Tensor, ids: torch.Tensor, vals: torch.Tensor, k:
     rows schedule (FAISS, or the tiles) -> (N, k) lists with the rows schedule's neighbour sets:
     rows whose k-th and (k+1)-th similarities are within the rounding tolerance
     (:data:`TIE_TOLERANCE`) are decided again by the rows schedule itself."""
-    norms = torch.linalg.vector_norm(x, dim=1)
-    scale = norms.max() if x.shape[0] else norms.new_zeros(())
-    tol = TIE_TOLERANCE * float(np.sqrt(x.shape[1])) * norms * scale
-    redo = torch.nonzero(~(vals[:, k - 1] - vals[:, k] > tol)).flatten()   # NaN counts as near
+    redo = near_ties(x, vals, k)
     ids, vals = ids[:, :k].contiguous(), vals[:, :k].contiguous()
     if len(redo):
         ids[redo], vals[redo] = _torch_rows(x, k, exclude_self, block, rows=redo)
     return ids, vals
+
+
+def near_ties(x: torch.Tensor, vals: torch.Tensor, k: int, rows=None) -> torch.Tensor:
+    """Positions in ``vals`` ((R, k+1) similarities by decreasing value of the rows ``rows`` of
+    ``x``, default all) whose k-th and (k+1)-th values are closer than the rounding tolerance
+    TIE_TOLERANCE · √d · ‖x_i‖ · max‖x‖ (NaN counts as near)."""
+    norms = torch.linalg.vector_norm(x, dim=1)
+    scale = norms.max() if x.shape[0] else norms.new_zeros(())
+    own = norms if rows is None else norms[torch.as_tensor(rows, device=norms.device)]
+    tol = TIE_TOLERANCE * float(np.sqrt(x.shape[1])) * own * scale
+    return torch.nonzero(~(vals[:, k - 1] - vals[:, k] > tol)).flatten()
 
 
 def _torch_rows(x: torch.Tensor, k: int, exclude_self: bool, block: int, rows=None):

@@ -54,8 +54,8 @@ from torch import nn
 from ..graphs import SparseGraph, normalized_adjacency
 from ..graphs.hypergraph import (HYPERGRAPH_VERSION, TorchHypergraph, i2i_hypergraph,
                                  multimodal_knn_incidence, u2u_hypergraph)
-from .base import Recommender
 from ..matmul import fixed_shape_products
+from .base import Recommender
 from .layers import batch_size, bpr_logsigmoid, power, propagate
 
 _LOG2E = 1.0 / math.log(2.0)

@@ -105,8 +105,7 @@ def build_model(data: Dataset, cfg: dict, device) -> torch.nn.Module:
     cls = get_model_class(cfg["model"])
     cache = GraphCache(cfg.get("cache_dir") or default_cache_dir())
     try:
-        with knn_settings(cfg.get("knn_backend", "faiss"), cfg.get("knn_index", "flat")), \
-                cpu_matmul(cfg.get("cpu_matmul", "auto"), device):
+        with knn_settings(cfg.get("knn_backend", "faiss"), cfg.get("knn_index", "flat")):
             model = cls(data, cache, **model_kwargs(cls, cfg))
         model.train_batch_size = cfg.get("batch_size")
         return model.to(device)
@@ -552,10 +551,6 @@ class Trainer:
     # ------------------------------------------------------------------ steps
     def train_epoch(self, epoch: int) -> dict:
         """One pass over the sampler's batches; the history row (mean loss terms, seconds)."""
-        with cpu_matmul(self.cfg.get("cpu_matmul", "auto"), self.device):
-            return self._train_epoch(epoch)
-
-    def _train_epoch(self, epoch: int) -> dict:
         net = self.net
         t0 = time.perf_counter()
         net.train()
