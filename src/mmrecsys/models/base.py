@@ -41,9 +41,12 @@ from .layers import project_table
 MODELS: dict[str, type["Recommender"]] = {}
 _NO_CACHE = GraphCache(None)
 #: built-in models: registry name -> module of this package (imported on first use)
-BUILTIN = {"bpr": "bpr", "lightgcn": "lightgcn", "lgmrec": "lgmrec", "mmhcl": "mmhcl",
-           "rearm": "rearm", "vbpr": "vbpr", "bm3": "bm3", "freedom": "freedom",
-           "lattice": "lattice", "mgcn": "mgcn", "smore": "smore"}
+BUILTIN = {
+    "bpr": "bpr", "lightgcn": "lightgcn", "lgmrec": "lgmrec", "mmhcl": "mmhcl", "rearm": "rearm",
+    "vbpr": "vbpr", "bm3": "bm3", "freedom": "freedom", "lattice": "lattice", "mgcn": "mgcn",
+    "smore": "smore",
+    # one line per further model
+}
 
 
 class Recommender(nn.Module):
