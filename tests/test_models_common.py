@@ -20,6 +20,7 @@ SMALL = {"bpr": {}, "lightgcn": {}, "lgmrec": {"hyper_num": 2}, "mmhcl": {"knn_k
          "rearm": {"user_knn_k": 5, "item_knn_k": 3}, "vbpr": {}, "bm3": {},
          "freedom": {"knn_k": 3}, "lattice": {"knn_k": 3},
          "mgcn": {"knn_k": 3}, "smore": {"image_knn_k": 3, "text_knn_k": 3},
+         "ncl": {"num_clusters": 4},
          # one line per further model that needs smaller settings
          }
 

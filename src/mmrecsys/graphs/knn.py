@@ -343,3 +343,23 @@ def knn_adjacency(features, k: int, *, normalization: str = "sym", chunk_size: i
     if normalization == "none":
         return a
     raise ValueError(f"normalization={normalization!r}: use 'sym', 'rw' or 'none'")
+
+
+def kmeans(x, k: int, *, niter: int = 25, seed: int = 1234) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd's k-means of the rows of ``x`` with FAISS (``faiss.Kmeans``, L2, its defaults:
+    ``niter`` 25, ``seed`` 1234, at most 256 points per centroid sampled for training):
+    (centroids (k, d) float32, the nearest centroid of each row (n,) int64). The clustering of
+    NCL's prototypes (``RUCAIBox/NCL`` ``ncl.py``, ``run_kmeans``). FAISS's threads follow
+    torch's thread count."""
+    import faiss
+    xs = np.ascontiguousarray(x.detach().cpu().numpy() if torch.is_tensor(x) else x,
+                              dtype=np.float32)
+    n, d = xs.shape
+    if not 1 <= k <= n:
+        raise ValueError(f"k-means with k={k} clusters over {n} points: need 1 ≤ k ≤ {n}")
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    # min_points_per_centroid only decides FAISS's "please provide at least …" warning
+    km = faiss.Kmeans(d, int(k), niter=int(niter), seed=int(seed), min_points_per_centroid=1)
+    km.train(xs)
+    _, assign = km.index.search(xs, 1)
+    return np.asarray(km.centroids, dtype=np.float32), assign[:, 0].astype(np.int64)

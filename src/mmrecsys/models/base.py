@@ -45,6 +45,8 @@ BUILTIN = {
     "bpr": "bpr", "lightgcn": "lightgcn", "lgmrec": "lgmrec", "mmhcl": "mmhcl", "rearm": "rearm",
     "vbpr": "vbpr", "bm3": "bm3", "freedom": "freedom", "lattice": "lattice", "mgcn": "mgcn",
     "smore": "smore",
+    "sgl": "sgl",
+    "ncl": "ncl",
     # one line per further model
 }
 

@@ -111,6 +111,37 @@ def info_nce(view1: torch.Tensor, view2: torch.Tensor, temperature: float,
     return (w * (lse - pos)).sum() / w.sum()
 
 
+def info_nce_rows(anchors: torch.Tensor, positives: torch.Tensor, candidates: torch.Tensor,
+                  temperature: float, normalize_candidates: bool = True) -> torch.Tensor:
+    """Per-row InfoNCE against a fixed candidate set (SGL's and NCL's all-node contrast): with
+    a, p the L2-normalised rows of ``anchors`` and ``positives`` and c those of ``candidates``
+    (every user, every item or every prototype),
+    ℓ_b = log Σ_n exp(a_b·c_n / τ) − a_b·p_b / τ, for b = 1..B, a (B,) vector.
+
+    ``positives`` is usually ``candidates[rows]`` (the same node in the other view). A model
+    reduces it itself (a sum, or a mean); passing the batch's *distinct* anchors and weighting
+    each ℓ_b by its multiplicity gives exactly the loss over the batch with its repeats. The
+    log-sum-exp is :class:`_ShiftedLogSumExp` for τ > :data:`SHIFTED_LSE_MIN_TAU` (no B × N
+    autograd passes), else the max-shifted ``torch.logsumexp``; gradients reach all three
+    inputs. ``normalize_candidates=False`` for rows that already have unit norm."""
+    a = F.normalize(anchors, dim=1)
+    p = F.normalize(positives, dim=1)
+    c = F.normalize(candidates, dim=1) if normalize_candidates else candidates
+    pos = (a * p).sum(1) / temperature
+    if temperature > SHIFTED_LSE_MIN_TAU:
+        return _ShiftedLogSumExp.apply(a, c, None, float(temperature)) - pos
+    return torch.logsumexp(a @ c.T / temperature, dim=1) - pos
+
+
+def sum_over_rows(rows: torch.Tensor, loss_of_rows) -> torch.Tensor:
+    """Σ_b ℓ(rows_b) for a per-row loss ``loss_of_rows`` (distinct rows -> (K,) losses), computed
+    once per distinct row and weighted by its multiplicity: exactly the sum over the batch with
+    its repeats (a user with several pairs in the batch is one anchor row, not several)."""
+    uniq, counts = torch.unique(rows, return_counts=True)
+    losses = loss_of_rows(uniq)
+    return (counts.to(losses.dtype) * losses).sum()
+
+
 #: below this temperature exp(−2/τ) underflows float32 (e^−87), and :func:`info_nce` takes the
 #: max-shifted ``torch.logsumexp``
 SHIFTED_LSE_MIN_TAU = 2.0 / 80.0
