@@ -216,7 +216,8 @@ def test_ncl_loss_and_gradients_equal_the_literal_formula(data, epoch, hyper_lay
     ref.backward()
     torch.testing.assert_close(sum(terms.values()), ref, rtol=1e-5, atol=1e-5)
     for k, g in grads(m).items():
-        torch.testing.assert_close(ours[k], g, rtol=1e-4, atol=1e-6)
+        # float32 sums in another order: error relative to the largest entry
+        torch.testing.assert_close(ours[k], g, rtol=1e-4, atol=2e-6 * max(1.0, float(g.abs().max())))
 
 
 def test_ncl_prototypes_are_normalised_kmeans_of_layer0(data):

@@ -19,6 +19,7 @@ counterpart here, with the same gradients (the dense matrix's zeros carry no gra
   them exactly as through ``torch.topk``'s values;
 * :meth:`EdgeList.add` (weighted sums of graphs, union of the patterns), :meth:`scale`,
   :meth:`sym_normalize` (D^{-1/2} A D^{-1/2} with row sums, gradient through the degrees too);
+* :meth:`EdgeList.dropout` (edge dropout, a fresh mask per call);
 * :meth:`EdgeList.__call__`: A x, differentiable in the values and in x, in bounded memory.
 """
 from __future__ import annotations
@@ -128,6 +129,17 @@ class EdgeList:
         d = torch.where(pos, deg.clamp_min(torch.finfo(deg.dtype).tiny).pow(-0.5),
                         torch.zeros_like(deg))
         return EdgeList(self.rows, self.cols, d[self.rows] * self.values * d[self.cols], self.shape)
+
+    def dropout(self, keep: float, generator: torch.Generator | None = None) -> "EdgeList":
+        """Edge dropout: each entry kept with probability ``keep`` and scaled by 1/keep, the
+        rest removed (TensorFlow's ``tf.nn.dropout`` on a sparse matrix's values, as HCCF's
+        code applies it to its normalised adjacency); ``keep = 1`` returns ``self``."""
+        if not 0.0 < keep <= 1.0:
+            raise ValueError(f"keep={keep}: the share of edges kept, in (0, 1]")
+        if keep == 1.0:
+            return self
+        mask = torch.rand(self.nnz, generator=generator, device=self.values.device) < keep
+        return EdgeList(self.rows[mask], self.cols[mask], self.values[mask] / keep, self.shape)
 
     # ------------------------------------------------------------------ use
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -47,6 +47,8 @@ BUILTIN = {
     "smore": "smore",
     "sgl": "sgl",
     "ncl": "ncl",
+    "hccf": "hccf",
+    "sht": "sht",
     # one line per further model
 }
 
