@@ -19,6 +19,12 @@ for the real ones; every figure is labelled so. Runs with 2 torch threads (``--t
   wall time grows with the load, CPU time much less, so CPU seconds compare runs made at
   different loads better (with 2 threads and no contention, CPU ≈ up to 2 × wall).
 
+``--ref-cmd CMD`` runs the reference's own timing first, in this same benchmark run (a shell
+command, e.g. a driver of the official code in its own environment, that writes its record to
+the file named by ``$REF_JSON``), then ours, so that both sides are timed on the same machine
+at the same time; the processor and the load are printed with the figures. An interaction-only
+model (no modality features) runs on the split itself, without proxy features.
+
 ``--ref FILE`` reads a reference timing record (keys ``hyperparameters``, ``seconds_per_epoch``
 or ``epoch_seconds_full_estimate``, ``epoch_cpu_seconds`` with ``n_batches_per_epoch_run`` and
 ``n_batches_per_epoch_full``, ``eval_seconds``, ``peak_rss_mb``) and uses its hyperparameters,
@@ -32,6 +38,7 @@ import json
 import os
 import pathlib
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +47,7 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from bench_parity import map_hyperparameters  # noqa: E402
-from common import peak_rss_gb, proxy_dataset  # noqa: E402
+from common import peak_rss_gb, plain_dataset, processor, proxy_dataset  # noqa: E402
 
 from mmrecsys.config import parse_overrides, run_config  # noqa: E402
 from mmrecsys.data import load_dataset  # noqa: E402
@@ -57,6 +64,8 @@ def main():
     ap.add_argument("--model", required=True)
     ap.add_argument("--dataset", default="baby")
     ap.add_argument("--ref", type=pathlib.Path, default=None)
+    ap.add_argument("--ref-cmd", default=None,
+                    help="shell command timing the reference now; it writes its record to $REF_JSON")
     ap.add_argument("--epochs", type=int, default=2, help="timed epochs after one warm-up")
     ap.add_argument("--steps", type=int, default=None, help="time N batches per epoch and extrapolate")
     ap.add_argument("--no-warmup", action="store_true")
@@ -65,14 +74,29 @@ def main():
     ap.add_argument("--set", dest="sets", action="append", default=[])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"start: {load()}")
+    print(f"processor: {processor()}; start: {load()}")
+    ref_path = args.ref
+    if args.ref_cmd:
+        fd, tmp = tempfile.mkstemp(suffix=".json")
+        os.close(fd)
+        print(f"reference: {args.ref_cmd}", flush=True)
+        t0 = time.perf_counter()
+        done = subprocess.run(args.ref_cmd, shell=True, env={**os.environ, "REF_JSON": tmp})
+        if done.returncode != 0:
+            sys.exit(f"error: the reference command failed with status {done.returncode}")
+        print(f"reference finished in {time.perf_counter() - t0:.0f}s; {load()}", flush=True)
+        ref_path = pathlib.Path(tmp)
 
-    data = load_dataset(proxy_dataset(args.dataset))
-    print(f"{data!r} (proxy features)")
     cls = get_model_class(args.model)
+    if cls.requires_features:
+        data = load_dataset(proxy_dataset(args.dataset))
+        print(f"{data!r} (proxy features)")
+    else:
+        data = load_dataset(plain_dataset(args.dataset))
+        print(f"{data!r} (interactions only)")
     overrides, ref = {}, None
-    if args.ref:
-        ref = json.loads(args.ref.read_text())
+    if ref_path:
+        ref = json.loads(ref_path.read_text())
         overrides, ignored = map_hyperparameters(cls, ref["hyperparameters"])
         overrides["preset"] = "none"   # the reference's configuration, not our dataset preset
         if ignored:
@@ -130,7 +154,9 @@ def main():
           f"{v['recall@20']:.4f}, test recall@20 {t['recall@20']:.4f}")
     rss = peak_rss_gb()
     label = f"{'extrapolated from ' + str(args.steps) + ' batches' if args.steps else 'full epochs'}"
-    print(f"\n{args.model} on {args.dataset} (proxy features), {args.threads} threads, {label}:")
+    feats = "proxy features" if cls.requires_features else "interactions only"
+    print(f"\n{args.model} on {args.dataset} ({feats}), {args.threads} threads, {label}, "
+          f"{processor()}:")
     print(f"{'':24}{'ours':>12}" + (f"{'reference':>12}{'speed-up':>10}" if ref else ""))
     rows = [("s / epoch", s_epoch, None), ("CPU s / epoch", c_epoch, None),
             ("s / eval (valid+test)", s_eval, None), ("CPU s / eval", c_eval, None),

@@ -2,22 +2,28 @@
 reference run (MMRec or an authors' repository) and print both side by side.
 
     python benchmarks/bench_parity.py --model NAME --ref FILE [--data DIR] [--epochs 30]
-                                      [--seeds 999 1000 ...] [--json OUT]
+                                      [--seeds 999 1000 ...] [--json OUT] [--ours OUT]
+                                      [--set key=value ...]
 
 FILE is a JSON record of the reference run with the keys ``hyperparameters`` (the reference's
-configuration, in its own key names), ``batch_losses`` ({"0": [...], "5": [...], "10": [...]}:
-the loss of every training batch of those epochs), ``epoch_loss`` (mean batch loss per epoch),
-``valid_recall@20`` (per epoch), ``best_valid``, ``best_epoch``, ``test_at_best`` and
+configuration, in its own key names) and either one run's keys at the top level or a list
+``runs`` of them, one per seed: ``batch_losses`` ({"0": [...], "5": [...], "10": [...]}: the
+loss of every training batch of those epochs), ``epoch_loss`` (mean batch loss per epoch),
+``valid_recall@20`` (per epoch) and either ``test_at_best`` (test Recall@20 at the reference's
+best epoch, with ``best_valid``/``best_epoch``) or the per-epoch curves ``test_recall@20`` and
+``test_ndcg@20`` (the best epoch is then chosen here, by the same rule as ours), and
 ``seconds_per_epoch``. The reference's key names are mapped to ours (MMRec's trainer keys
 below; model keys through the model's aliases); keys our model does not have are listed and
-ignored (e.g. keys the reference code never reads).
+ignored (e.g. keys the reference code never reads, or a batch counted in users); ``--set``
+sets any key of ours on top.
 
 Ours runs on the same data (``--data``, default the folder beside FILE's dataset name under
 ``/work/ref/data``) for the same number of epochs, evaluated every epoch without early
-stopping, seed 999 (``--seeds`` adds runs with other seeds, to show the sampling noise: the
-random streams of the two codes differ, so only agreement within that noise is expected).
-Validation Recall@20 is compared rounded to 4 decimals, as MMRec reports it; the best epoch is
-the first maximum (MMRec's strict '>').
+stopping, one run per ``--seeds`` (the random streams of the two codes differ, so agreement is
+expected within the spread over seeds, which both sides print). ``--json`` records our runs;
+``--ours`` reads such a record instead of training again. Validation Recall@20 is compared
+rounded to 4 decimals, as MMRec reports it; the best epoch is the first maximum (MMRec's strict
+'>'); test Recall@20 / NDCG@20 are those of that epoch, averaged over the seeds.
 """
 from __future__ import annotations
 
@@ -31,7 +37,7 @@ import time
 import numpy as np
 import torch
 
-from mmrecsys.config import ConfigError, canonical_keys, run_config
+from mmrecsys.config import ConfigError, canonical_keys, parse_overrides, run_config
 from mmrecsys.data import load_dataset
 from mmrecsys.models import get_model_class
 from mmrecsys.train.trainer import Trainer
@@ -42,7 +48,7 @@ TRAINER_KEYS = {"learning_rate": "lr", "learning_rate_scheduler": "lr_scheduler"
                 "learner": "optimizer", "seed": "seed", "eval_batch_size": "eval_batch_size"}
 #: reference keys that configure its run loop, replaced by this benchmark's own settings
 LOOP_KEYS = {"epochs", "stopping_step", "eval_step", "valid_metric", "use_neg_sampling"}
-EPOCHS_SHOWN = ("0", "5", "10")
+EPOCHS_SHOWN = ("0", "5", "10", "25")
 
 
 def _mmrec_common(hp: dict) -> dict:
@@ -124,6 +130,7 @@ def run_ours(data, model: str, overrides: dict, epochs: int, seed: int) -> dict:
             "best_valid": valid[best_epoch], "best_epoch": best_epoch,
             "best_epoch_trainer": res["best_epoch"],
             "test_at_best": round(float(res["test"]["recall@20"]), 4),
+            "test_ndcg_at_best": round(float(res["test"]["ndcg@20"]), 4),
             "seconds_per_epoch": statistics.mean(h["train_seconds"] for h in hist),
             "eval_seconds": statistics.mean(h["eval_seconds"] for h in hist),
             "total_seconds": total, "config": {k: cfg[k] for k in sorted(overrides)}}
@@ -131,6 +138,37 @@ def run_ours(data, model: str, overrides: dict, epochs: int, seed: int) -> dict:
 
 def _mean(xs):
     return float(np.mean(xs)) if len(xs) else float("nan")
+
+
+def reference_runs(ref: dict) -> list[dict]:
+    """The reference's runs (one per seed), each with ``best_epoch``, ``best_valid``,
+    ``test_at_best`` and (where the curves allow) ``test_ndcg_at_best``, chosen by our rule
+    (first maximum of validation Recall@20 at 4 decimals) where the record has test curves."""
+    runs = ref.get("runs") or [ref]
+    out = []
+    for r in runs:
+        r = dict(r)
+        valid = [round(float(v), 4) for v in r["valid_recall@20"]]
+        r["valid_recall@20"] = valid
+        if "test_recall@20" in r:
+            best = int(np.argmax(valid))
+            r["best_epoch"], r["best_valid"] = best, valid[best]
+            r["test_at_best"] = round(float(r["test_recall@20"][best]), 4)
+            if "test_ndcg@20" in r:
+                r["test_ndcg_at_best"] = round(float(r["test_ndcg@20"][best]), 4)
+        spe = r.get("seconds_per_epoch")
+        if isinstance(spe, list):
+            r["seconds_per_epoch"] = _mean(spe)
+        out.append(r)
+    return out
+
+
+def _spread(xs) -> str:
+    xs = [x for x in xs if x == x]
+    if not xs:
+        return "-"
+    sd = float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
+    return f"{np.mean(xs):.4f} ± {sd:.4f}"
 
 
 def main():
@@ -142,57 +180,75 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[999])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=pathlib.Path, default=None, help="write our runs here")
+    ap.add_argument("--ours", type=pathlib.Path, default=None,
+                    help="read our runs from a --json record instead of training")
+    ap.add_argument("--set", dest="sets", action="append", default=[],
+                    help="key=value on top of the mapped reference configuration")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     ref = json.loads(args.ref.read_text())
+    refs = reference_runs(ref)
     data_dir = args.data or pathlib.Path("/work/ref/data") / ref.get("dataset", "synth")
     data = load_dataset(data_dir)
     cls = get_model_class(args.model)
     overrides, ignored = map_hyperparameters(cls, ref["hyperparameters"])
+    overrides.update(canonical_keys(cls, parse_overrides(args.sets)))
     print(f"{args.model} on {data!r}")
-    print(f"reference: {args.ref} ({ref.get('repo', '?')} {ref.get('reference_commit', '')[:10]})")
+    print(f"reference: {args.ref} ({ref.get('repo', '?')} {ref.get('reference_commit', '')[:10]}), "
+          f"{len(refs)} run(s), seeds {[r.get('seed') for r in refs]}")
+    if ref.get("shims"):
+        print("reference compatibility shims: " + "; ".join(map(str, ref["shims"])))
     print(f"hyperparameters (ours): {overrides}")
     if ignored:
         print(f"reference keys without a counterpart here (ignored): {', '.join(ignored)}")
-    runs = []
-    for seed in args.seeds:
-        try:
-            runs.append(run_ours(data, args.model, overrides, args.epochs, seed))
-        except ConfigError as e:
-            sys.exit(f"error: {e}")
-    ours = runs[0]
+    if args.ours:
+        runs = json.loads(args.ours.read_text())["runs"]
+    else:
+        runs = []
+        for seed in args.seeds:
+            try:
+                runs.append(run_ours(data, args.model, overrides, args.epochs, seed))
+            except ConfigError as e:
+                sys.exit(f"error: {e}")
+        if args.json:
+            args.json.write_text(json.dumps({"model": args.model, "ref": str(args.ref), "runs": runs},
+                                            indent=1))
+    n_ep = min(len(runs[0]["valid_recall@20"]), len(refs[0]["valid_recall@20"]))
 
-    print(f"\nmean batch loss (ours seed {ours['seed']} vs reference; ours over seeds: min..max)")
-    print(f"{'epoch':>5} {'ours':>10} {'ref':>10} {'diff %':>8} {'batches':>9}   seeds")
+    print("\nmean batch loss per epoch, each side's mean over its seeds (min..max over seeds)")
+    print(f"{'epoch':>5} {'ours':>10} {'ref':>10} {'diff %':>8} {'batches':>9}   "
+          f"{'ours seeds':>19}   {'ref seeds':>19}")
     for e in EPOCHS_SHOWN:
-        o, r = _mean(ours["batch_losses"][e]), _mean(ref["batch_losses"].get(e, []))
-        spread = [_mean(x["batch_losses"][e]) for x in runs]
-        print(f"{e:>5} {o:10.5f} {r:10.5f} {100 * (o - r) / r:8.2f} "
-              f"{len(ours['batch_losses'][e]):>4}/{len(ref['batch_losses'].get(e, [])):<4}"
-              f"   {min(spread):.5f}..{max(spread):.5f}")
-    print("\nvalidation Recall@20 per epoch (4 decimals)")
-    shown = [e for e in (0, 1, 2, 5, 10, 15, 20, 25, 29) if e < args.epochs]
+        o = [_mean(x["batch_losses"].get(e, [])) for x in runs]
+        r = [_mean(x["batch_losses"].get(e, [])) for x in refs]
+        o, r = [v for v in o if v == v], [v for v in r if v == v]
+        if not o or not r:
+            continue
+        mo, mr = _mean(o), _mean(r)
+        print(f"{e:>5} {mo:10.5f} {mr:10.5f} {100 * (mo - mr) / mr:8.2f} "
+              f"{len(runs[0]['batch_losses'][e]):>4}/{len(refs[0]['batch_losses'].get(e, [])):<4}"
+              f"   {min(o):.5f}..{max(o):.5f}   {min(r):.5f}..{max(r):.5f}")
+    print("\nvalidation Recall@20 per epoch (4 decimals), mean over seeds")
+    shown = [e for e in (0, 1, 2, 5, 10, 15, 20, 25, 29) if e < n_ep]
     print(f"{'epoch':>5} " + " ".join(f"{e:>7}" for e in shown))
-    print(f"{'ours':>5} " + " ".join(f"{ours['valid_recall@20'][e]:7.4f}" for e in shown))
-    ref_valid = ref["valid_recall@20"]
-    print(f"{'ref':>5} " + " ".join(f"{ref_valid[e]:7.4f}" if e < len(ref_valid) else "      -"
-                                     for e in shown))
-    print(f"\n{'':26}{'ours':>16}{'reference':>16}")
-    print(f"{'best valid R@20 (epoch)':26}{ours['best_valid']:>10.4f} ({ours['best_epoch']:2d})"
-          f"{ref['best_valid']:>10.4f} ({ref['best_epoch']:2d})")
-    print(f"{'test R@20 at best':26}{ours['test_at_best']:>16.4f}{ref['test_at_best']:>16.4f}")
-    print(f"{'s / epoch (train)':26}{ours['seconds_per_epoch']:>16.3f}{ref['seconds_per_epoch']:>16.3f}")
-    if len(runs) > 1:
-        bv = [x["best_valid"] for x in runs]
-        ta = [x["test_at_best"] for x in runs]
-        print(f"\nours over seeds {args.seeds}: best valid R@20 {np.mean(bv):.4f} ± {np.std(bv):.4f} "
-              f"(min {min(bv):.4f}, max {max(bv):.4f}); test at best {np.mean(ta):.4f} ± {np.std(ta):.4f}")
-        last = [x["valid_recall@20"][-1] for x in runs]
-        print(f"valid R@20 at the last epoch: {', '.join(f'{v:.4f}' for v in last)} "
-              f"(reference {ref_valid[-1]:.4f})")
-    if args.json:
-        args.json.write_text(json.dumps({"model": args.model, "ref": str(args.ref), "runs": runs}, indent=1))
+    for label, side in (("ours", runs), ("ref", refs)):
+        print(f"{label:>5} " + " ".join(f"{_mean([x['valid_recall@20'][e] for x in side]):7.4f}"
+                                       for e in shown))
+    print(f"\n{'mean ± std over seeds':28}{'ours':>18}{'reference':>18}")
+    rows = [("best valid R@20", "best_valid"), ("best epoch", "best_epoch"),
+            ("test R@20 at best", "test_at_best"), ("test N@20 at best", "test_ndcg_at_best")]
+    for label, key in rows:
+        print(f"{label:28}{_spread([x.get(key, float('nan')) for x in runs]):>18}"
+              f"{_spread([x.get(key, float('nan')) for x in refs]):>18}")
+    to, tr = _mean([x["test_at_best"] for x in runs]), _mean([x["test_at_best"] for x in refs])
+    no = _mean([x.get("test_ndcg_at_best", float("nan")) for x in runs])
+    nr = _mean([x.get("test_ndcg_at_best", float("nan")) for x in refs])
+    print(f"{'ours / reference - 1':28}{'R@20 ' + format(100 * (to / tr - 1), '+.1f') + ' %':>18}"
+          f"{'N@20 ' + format(100 * (no / nr - 1), '+.1f') + ' %':>18}")
+    print(f"{'s / epoch (train, under load?)':28}"
+          f"{_mean([x['seconds_per_epoch'] for x in runs]):>18.3f}"
+          f"{_mean([x.get('seconds_per_epoch', float('nan')) for x in refs]):>18.3f}")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,24 @@ def plain_dataset(name: str) -> pathlib.Path:
     return shared_dataset(name)
 
 
+def processor() -> str:
+    """The processor as lscpu names it, with vendor, family and model (speed figures are only
+    comparable on the same one)."""
+    fields = {}
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    import platform
+    name = fields.get("Model name") or platform.processor() or "unknown processor"
+    extra = ", ".join(f"{k.lower()} {fields[k]}" for k in ("CPU family", "Model") if k in fields)
+    vendor = fields.get("Vendor ID", "")
+    return f"{name} ({vendor}{', ' if vendor and extra else ''}{extra})" if vendor or extra else name
+
+
 def peak_rss_gb() -> float:
     """Peak resident memory of this process so far, in GB (Linux ru_maxrss is in KB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2

@@ -81,6 +81,7 @@ from torch import nn
 
 from ..graphs import EdgeList, SparseGraph
 from .base import Recommender
+from .layers import bounded_logsumexp
 
 #: the code's hyperedge-mixing layers per hypergraph pass (``hyperPropagate``)
 N_MIXING = 3
@@ -103,6 +104,12 @@ def mean_sampled_pairs(train: sp.spmatrix, per_user: int) -> float:
     return float(np.minimum(deg, per_user).mean()) if len(deg) else 1.0
 
 
+def dropout(x: torch.Tensor, keep: float) -> torch.Tensor:
+    """Each entry kept with probability ``keep`` and scaled by 1/keep (``tf.nn.dropout``), the
+    mask drawn from ``torch.rand`` (the same distribution as ``F.dropout``, 3× faster on CPU)."""
+    return x * ((torch.rand(x.shape, device=x.device) < keep).to(x.dtype) / keep)
+
+
 def hinge_loss(pos: torch.Tensor, neg: torch.Tensor, scale: float) -> torch.Tensor:
     """scale · Σ max(0, 1 − (pos − neg)) (the authors' ``preLoss`` of HCCF and SHT)."""
     return scale * torch.clamp(1.0 - (pos - neg), min=0.0).sum()
@@ -110,10 +117,11 @@ def hinge_loss(pos: torch.Tensor, neg: torch.Tensor, scale: float) -> torch.Tens
 
 def contrast_with_eps(z: torch.Tensor, y: torch.Tensor, temperature: float) -> torch.Tensor:
     """Σ_k −log(e^{z_k·y_k/τ} / (Σ_k' e^{z_k·y_k'/τ} + 1e-8) + 1e-8) over the rows (HCCF's
-    ``calcSSL``), computed in log space (no overflow at small τ), the two 1e-8 included."""
-    logits = z @ y.T / temperature
+    ``calcSSL``), computed in log space (no overflow at small τ), the two 1e-8 included; the
+    K × K block is one product and one exponential (:func:`~.layers.bounded_logsumexp`)."""
     pos = (z * y).sum(1) / temperature
-    log_denom = torch.logaddexp(torch.logsumexp(logits, dim=1), logits.new_tensor(math.log(1e-8)))
+    lse = bounded_logsumexp(z, y, temperature)
+    log_denom = torch.logaddexp(lse, lse.new_tensor(math.log(1e-8)))
     return -torch.log(torch.exp(pos - log_denom) + 1e-8).sum()
 
 
@@ -235,8 +243,8 @@ class HCCF(Recommender):
             if keep < 1.0:
                 zu = self._act(self._edge_list(False).dropout(keep)(ilat))
                 zi = self._act(self._edge_list(True).dropout(keep)(ulat))
-                yu = self._hypergraph(ulat, F.dropout(lam_u, 1.0 - keep), 0, layer)
-                yi = self._hypergraph(ilat, F.dropout(lam_i, 1.0 - keep), 1, layer)
+                yu = self._hypergraph(ulat, dropout(lam_u, keep), 0, layer)
+                yi = self._hypergraph(ilat, dropout(lam_i, keep), 1, layer)
             else:
                 zu, zi = self._act(self.adj(ilat)), self._act(self.adj.t(ulat))
                 yu = self._hypergraph(ulat, lam_u, 0, layer)

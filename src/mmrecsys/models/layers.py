@@ -148,18 +148,18 @@ SHIFTED_LSE_MIN_TAU = 2.0 / 80.0
 
 
 class _ShiftedLogSumExp(torch.autograd.Function):
-    """lse_k = log Σ_j w_j exp(a_k·b_j / τ) for rows a, b of norm ≤ 1 (w = 1 when None),
-    computed as 1/τ + log Σ_j w_j E_kj with E = exp((a bᵀ − 1)/τ) ∈ (0, 1]. Backward, with
-    P = diag(g / r) E diag(w) (r = E w): ∂a = P b / τ, ∂b = Pᵀ a / τ, each one product with the
-    saved E and no further K × K pass."""
+    """lse_k = log Σ_j w_j exp(a_k·b_j / τ) where every |a_k·b_j| ≤ s (rows of norm ≤ 1: s = 1;
+    w = 1 when None), computed as s/τ + log Σ_j w_j E_kj with E = exp((a bᵀ − s)/τ) ∈ (0, 1].
+    Backward, with P = diag(g / r) E diag(w) (r = E w): ∂a = P b / τ, ∂b = Pᵀ a / τ, each one
+    product with the saved E and no further K × K pass."""
 
     @staticmethod
-    def forward(ctx, a, b, w, tau):
-        e = torch.addmm(a.new_full((1,), -1.0 / tau), a, b.T, alpha=1.0 / tau).exp_()
+    def forward(ctx, a, b, w, tau, shift=1.0):
+        e = torch.addmm(a.new_full((1,), -shift / tau), a, b.T, alpha=1.0 / tau).exp_()
         r = e.sum(1) if w is None else e @ w
         ctx.save_for_backward(a, b, e, r, w)
         ctx.tau = tau
-        return r.log() + 1.0 / tau
+        return r.log() + shift / tau
 
     @staticmethod
     def backward(ctx, g):
@@ -172,7 +172,20 @@ class _ShiftedLogSumExp(torch.autograd.Function):
             gb = e.T @ (coef[:, None] * a)
             if w is not None:
                 gb = w[:, None] * gb
-        return ga, gb, None, None
+        return ga, gb, None, None, None
+
+
+def bounded_logsumexp(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """lse_k = log Σ_j exp(a_k·b_j / τ) over the rows of ``b``, a (K,) vector, for rows of any
+    norm: the products are bounded by s = max‖a_k‖ · max‖b_j‖, so :class:`_ShiftedLogSumExp`
+    with that shift neither overflows nor, while 2s/τ stays below 80, underflows (one product,
+    one exponential, one row sum forward; two products backward); otherwise the max-shifted
+    ``torch.logsumexp``. The same value and gradients either way, to float32 rounding."""
+    with torch.no_grad():
+        s = float(a.norm(dim=1).max() * b.norm(dim=1).max()) if len(a) and len(b) else 0.0
+    if s > 0 and 2.0 * s / temperature < 80.0:
+        return _ShiftedLogSumExp.apply(a, b, None, float(temperature), s)
+    return torch.logsumexp(a @ b.T / temperature, dim=1)
 
 
 def emb_loss(*embeddings: torch.Tensor) -> torch.Tensor:

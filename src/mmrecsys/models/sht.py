@@ -77,7 +77,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..graphs import SparseGraph
@@ -89,8 +88,7 @@ N_MIXING = 2
 
 
 class SHT(Recommender):
-    """SHT: hypergraph transformer over local GCN embeddings, with a self-augmentation ranking
-    term scored by a meta-network.
+    """SHT: a hypergraph transformer on local GCN embeddings, with meta-network self-augmentation.
 
     Args:
         embedding_dim: d, width of the embeddings (``latdim``); a multiple of ``n_heads``.
