@@ -287,3 +287,38 @@ def test_cli_train_reports_the_metrics_of_topk_test(name, extra, tmp_path, monke
     again = recompute_from_topk(run, load_dataset(d))
     for k, v in again.items():
         assert metrics["test"][k] == pytest.approx(v, abs=1e-6), k
+
+
+def test_contrast_blocks_are_reused_after_backward_and_values_stay_exact():
+    """The K × N blocks of the all-node InfoNCE come from a pool: two alive at once (users and
+    items of one step) are distinct, a block is reused once its backward has run, and the values
+    and gradients equal the literal formula every time."""
+    from mmrecsys.models import layers
+    torch.manual_seed(0)
+    layers._BLOCKS.free.clear()
+    anchors = torch.randn(300, 8, requires_grad=True)       # not a multiple of ANCHOR_ROWS
+    cands = torch.randn(50, 8, requires_grad=True)
+    anchors2 = torch.randn(40, 8, requires_grad=True)
+    cands2 = torch.randn(30, 8, requires_grad=True)
+    ptrs = []
+    for step in range(3):
+        l1 = layers.info_nce_rows(anchors, cands[:300 % 50 + 1].repeat(300, 1)[:300], cands, 0.2)
+        l2 = layers.info_nce_rows(anchors2, cands2[:1].repeat(40, 1), cands2, 0.5)
+        assert len(layers._BLOCKS.free) == 0                # both blocks in use
+        (l1.sum() + l2.sum()).backward()
+        ptrs.append({b.data_ptr() for b in layers._BLOCKS.free})
+        g = anchors.grad.clone()
+        anchors.grad = None
+        cands.grad = None
+        a = F.normalize(anchors, dim=1)
+        c = F.normalize(cands, dim=1)
+        p = F.normalize(cands[:300 % 50 + 1].repeat(300, 1)[:300], dim=1)
+        ref = torch.logsumexp(a @ c.T / 0.2, dim=1) - (a * p).sum(1) / 0.2
+        torch.testing.assert_close(l1, ref)
+        (rg,) = torch.autograd.grad(ref.sum(), anchors)
+        torch.testing.assert_close(g, rg)
+    assert len(layers._BLOCKS.free) == 2 and len(ptrs[0]) == 2   # both handed back
+    assert ptrs[0] == ptrs[1] == ptrs[2]                    # and the same ones reused
+    with torch.no_grad():                                   # no backward: handed back at once
+        layers.info_nce_rows(anchors, cands[:1].repeat(300, 1), cands, 0.2)
+    assert len(layers._BLOCKS.free) == 2

@@ -129,7 +129,11 @@ def info_nce_rows(anchors: torch.Tensor, positives: torch.Tensor, candidates: to
     c = F.normalize(candidates, dim=1) if normalize_candidates else candidates
     pos = (a * p).sum(1) / temperature
     if temperature > SHIFTED_LSE_MIN_TAU:
-        return _ShiftedLogSumExp.apply(a, c, None, float(temperature)) - pos
+        # zero anchor rows up to a multiple of ANCHOR_ROWS: every product then has one of a few
+        # shapes (oneDNN where cpu_matmul allows it); the padded rows' values are dropped
+        lse = _ShiftedLogSumExp.apply(_pad_rows(a, ANCHOR_ROWS), c, None, float(temperature),
+                                      1.0, True)
+        return lse[: len(a)] - pos
     return torch.logsumexp(a @ c.T / temperature, dim=1) - pos
 
 
@@ -154,11 +158,20 @@ class _ShiftedLogSumExp(torch.autograd.Function):
     product with the saved E and no further K × K pass."""
 
     @staticmethod
-    def forward(ctx, a, b, w, tau, shift=1.0):
-        e = torch.addmm(a.new_full((1,), -shift / tau), a, b.T, alpha=1.0 / tau).exp_()
-        r = e.sum(1) if w is None else e @ w
-        ctx.save_for_backward(a, b, e, r, w)
-        ctx.tau = tau
+    def forward(ctx, a, b, w, tau, shift=1.0, fixed=False):
+        keep = any(ctx.needs_input_grad[:2])       # a backward pass will read the block
+        e = _BLOCKS.take(len(a), len(b), a)
+        with fixed_shape_products() if fixed else contextlib.nullcontext():
+            # (a/τ, −s/τ)·(b, 1) = (a·b − s)/τ: the shift rides in the product (no pass of its own)
+            torch.mm(torch.cat([a * (1.0 / tau), a.new_full((len(a), 1), -shift / tau)], 1),
+                     torch.cat([b, b.new_ones((len(b), 1))], 1).T, out=e)
+            e.exp_()
+            r = e.sum(1) if w is None else e @ w
+        if keep:
+            ctx.save_for_backward(a, b, e, r, w)
+        else:
+            _BLOCKS.give(e)
+        ctx.tau, ctx.fixed, ctx.block = tau, fixed, e if keep else None
         return r.log() + shift / tau
 
     @staticmethod
@@ -166,13 +179,57 @@ class _ShiftedLogSumExp(torch.autograd.Function):
         a, b, e, r, w = ctx.saved_tensors
         coef = g / (r * ctx.tau)
         ga = gb = None
-        if ctx.needs_input_grad[0]:
-            ga = coef[:, None] * (e @ (b if w is None else w[:, None] * b))
-        if ctx.needs_input_grad[1]:
-            gb = e.T @ (coef[:, None] * a)
-            if w is not None:
-                gb = w[:, None] * gb
-        return ga, gb, None, None, None
+        with fixed_shape_products() if ctx.fixed else contextlib.nullcontext():
+            if ctx.needs_input_grad[0]:
+                ga = coef[:, None] * (e @ (b if w is None else w[:, None] * b))
+            if ctx.needs_input_grad[1]:
+                gb = e.T @ (coef[:, None] * a)
+                if w is not None:
+                    gb = w[:, None] * gb
+        if ctx.block is not None:      # the block is free again (a second backward would need
+            _BLOCKS.give(ctx.block)    # retain_graph, which no loss here uses: then drop it)
+            ctx.block = None
+        return ga, gb, None, None, None, None
+
+
+class _BlockPool:
+    """Reused buffers for the K × N blocks of the contrastive losses. A fresh block of
+    ~150 MB (2,048 × 19,445 floats) costs tens of milliseconds of page faults each time it is
+    allocated, more than the product written into it; a block taken here is handed back when its
+    backward pass has run (or at once when no backward will), and blocks never handed back are
+    simply freed with their autograd context. A few blocks at most are alive at a time."""
+
+    def __init__(self, keep: int = 4):
+        self.free: list[torch.Tensor] = []
+        self.keep = keep
+
+    def take(self, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
+        n = rows * cols
+        for i, buf in enumerate(self.free):
+            if buf.numel() >= n and buf.device == like.device and buf.dtype == like.dtype:
+                return self.free.pop(i)[:n].view(rows, cols)
+        return like.new_empty((rows, cols))
+
+    def give(self, block: torch.Tensor) -> None:
+        base = block._base if block._base is not None else block
+        if base.device.type != "cpu":   # the CUDA caching allocator already reuses memory
+            return
+        self.free.append(base.view(-1))
+        self.free.sort(key=lambda t: t.numel())
+        del self.free[: max(0, len(self.free) - self.keep)]
+
+
+_BLOCKS = _BlockPool()
+
+
+#: anchors of an all-node contrast are padded to a multiple of this many rows, so that its
+#: products take a few shapes only and may go to oneDNN (:func:`~mmrecsys.matmul.fixed_shape_products`)
+ANCHOR_ROWS = 256
+
+
+def _pad_rows(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    extra = -len(x) % multiple
+    return x if extra == 0 else torch.cat([x, x.new_zeros((extra,) + tuple(x.shape[1:]))])
 
 
 def bounded_logsumexp(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
