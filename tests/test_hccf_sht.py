@@ -300,3 +300,15 @@ def test_bounded_logsumexp_equals_logsumexp_values_and_gradients(scale, tau):
     ra, rb = torch.autograd.grad(ref, (a, b), g)
     torch.testing.assert_close(ga, ra)
     torch.testing.assert_close(gb, rb)
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.1, 0.5, 1.0, 2.0])
+def test_leaky_is_the_code_maximum_with_tensorflow_tie_gradient(slope):
+    from mmrecsys.models.hccf import leaky
+    x = torch.tensor([-2.0, -0.5, 0.0, 0.5, 3.0], requires_grad=True)
+    y = leaky(x, slope)
+    torch.testing.assert_close(y, torch.maximum(slope * x, x))
+    (g,) = torch.autograd.grad(y.sum(), x)
+    # tf.maximum(a, b)'s gradient goes to a where a >= b: a = slope·x, so at x = 0 it is slope
+    expected = torch.where(slope * x >= x, torch.full_like(x, slope), torch.ones_like(x))
+    torch.testing.assert_close(g, expected)

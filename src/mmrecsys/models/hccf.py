@@ -104,6 +104,17 @@ def mean_sampled_pairs(train: sp.spmatrix, per_user: int) -> float:
     return float(np.minimum(deg, per_user).mean()) if len(deg) else 1.0
 
 
+def leaky(x: torch.Tensor, slope: float) -> torch.Tensor:
+    """max(slope · x, x), the code's ``leakyRelu`` (``tf.maximum(leaky * x, x)``): for slope ≤ 1
+    ``F.leaky_relu`` (one pass each way instead of the maximum's compare-and-select passes), whose
+    gradient at x = 0 is the slope, as TensorFlow's ``Maximum`` gradient gives it (ties go to its
+    first argument); for slope > 1 the same selection written out."""
+    if slope <= 1.0:
+        return F.leaky_relu(x, slope)
+    sx = slope * x
+    return torch.where(sx >= x, sx, x)
+
+
 def dropout(x: torch.Tensor, keep: float) -> torch.Tensor:
     """Each entry kept with probability ``keep`` and scaled by 1/keep (``tf.nn.dropout``), the
     mask drawn from ``torch.rand`` (the same distribution as ``F.dropout``, 3× faster on CPU)."""
@@ -221,8 +232,8 @@ class HCCF(Recommender):
 
     # ------------------------------------------------------------------ encoders
     def _act(self, x: torch.Tensor) -> torch.Tensor:
-        """δ(x) = max(slope · x, x) (the code's ``leakyRelu``; a LeakyReLU for slope ≤ 1)."""
-        return torch.maximum(self.leaky_slope * x, x)
+        """δ(x) = max(slope · x, x) (the code's ``leakyRelu``); see :func:`leaky`."""
+        return leaky(x, self.leaky_slope)
 
     def _hypergraph(self, x: torch.Tensor, lam: torch.Tensor, side: int, layer: int) -> torch.Tensor:
         """Y = δ(Λ Γ₃) with Γ₀ = δ(Λᵀ x), Γ_k = δ(V_kᵀ Γ_{k−1}) + Γ_{k−1} (``hyperPropagate``)."""

@@ -81,7 +81,7 @@ from torch import nn
 
 from ..graphs import SparseGraph
 from .base import Recommender
-from .hccf import hinge_loss, mean_sampled_pairs, reference_normalized
+from .hccf import hinge_loss, leaky, mean_sampled_pairs, reference_normalized
 
 #: hyperedge-mixing layers per transformer layer (the code's two ``FC(·, hyperNum)``)
 N_MIXING = 2
@@ -187,8 +187,8 @@ class SHT(Recommender):
             nn.init.zeros_(b)
 
     def _act(self, x: torch.Tensor) -> torch.Tensor:
-        """δ(x) = max(slope · x, x) (the code's ``leakyRelu``; a LeakyReLU for slope ≤ 1)."""
-        return torch.maximum(self.leaky_slope * x, x)
+        """δ(x) = max(slope · x, x) (the code's ``leakyRelu``); see :func:`leaky`."""
+        return leaky(x, self.leaky_slope)
 
     # ------------------------------------------------------------------ encoders
     def _local(self):
