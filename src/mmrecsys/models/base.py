@@ -49,6 +49,8 @@ BUILTIN = {
     "ncl": "ncl",
     "hccf": "hccf",
     "sht": "sht",
+    "dualgnn": "dualgnn",
+    "dragon": "dragon",
     # one line per further model
 }
 

@@ -63,6 +63,11 @@ residual hyperedge-mixing layers, the residual E^{l-1} in each layer, the projec
 contrast, the hinge loss and the full-table regulariser; the PyTorch version drops the
 activations, the mixing layers and M^l, uses BPR and stops the gradient of the GCN view.
 
+Exact reformulations for speed: the contrast's K × K block is one product and one exponential
+(shifted by the bound max‖z‖·max‖y‖, :func:`~.layers.bounded_logsumexp`) with no autograd passes
+over it; the dropout masks come from ``torch.rand`` (the same distribution as ``tf.nn.dropout``);
+δ is ``F.leaky_relu`` (its gradient at 0 is the slope, as TensorFlow's ``Maximum`` gives it).
+
 Protocol differences (model maths and loss kept): the code samples 10,000 users per epoch and up
 to 40 (positive, negative) pairs per user; here an epoch passes every training pair once with one
 uniform negative (MMRec's sampler, the same negative distribution). The code has no validation

@@ -49,6 +49,10 @@ lr 1e-3 (RecBole's default). LGMRec's Table 2 ran every baseline at batch 2048 (
 settings (``properties/{ml-1m,yelp,amazon-books,gowalla-merged,alibaba}.yaml``), except
 K = 10000 (alibaba), more prototypes than Baby has items.
 
+Exact reformulations for speed: both contrastive terms are computed once per *distinct* batch
+user (item), weighted by multiplicity; their B × N blocks are one product and one exponential
+forward and two products backward, in a buffer reused from step to step.
+
 Protocol differences from the reference (the model maths and loss are kept): RecBole splits
 each user's interactions 8:1:1 at random, selects on validation NDCG@10 and stops after 10
 evaluations without improvement; here MMRec's protocol applies (its split, full ranking, early

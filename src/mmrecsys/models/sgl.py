@@ -47,6 +47,11 @@ paper's Sec. 4.1.3 grid (λ₁ ∈ {0.005, 0.01, 0.05, 0.1, 0.5, 1.0}, τ ∈ {0
 Not reproduced, and why: the code's ``ssl_mode`` setting is read but never used (both sides
 always contrast), so it is not an option; an unused ``nn.Dropout(0.1)`` has no effect.
 
+Exact reformulations for speed: the InfoNCE is computed once per *distinct* batch user (item)
+and weighted by its multiplicity (the code repeats the row); its B × N block is one product
+and one exponential forward and two products backward (no autograd passes over it), in a
+buffer reused from step to step; the propagation uses CSR products.
+
 Protocol differences from SGL-Torch (the model maths and loss are kept): SGL-Torch has no
 validation split and stops on test metrics after 10 evaluations without improvement (test data
 in selection); here MMRec's protocol applies (train/valid/test split, full ranking, early
