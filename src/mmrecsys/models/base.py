@@ -51,6 +51,8 @@ BUILTIN = {
     "sht": "sht",
     "dualgnn": "dualgnn",
     "dragon": "dragon",
+    "mmgcn": "mmgcn",
+    "grcn": "grcn",
     # one line per further model
 }
 
