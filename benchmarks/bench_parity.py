@@ -214,7 +214,7 @@ def main():
         if args.json:
             args.json.write_text(json.dumps({"model": args.model, "ref": str(args.ref), "runs": runs},
                                             indent=1))
-    n_ep = min(len(runs[0]["valid_recall@20"]), len(refs[0]["valid_recall@20"]))
+    n_ep = min(len(x["valid_recall@20"]) for x in runs + refs)
 
     print("\nmean batch loss per epoch, each side's mean over its seeds (min..max over seeds)")
     print(f"{'epoch':>5} {'ours':>10} {'ref':>10} {'diff %':>8} {'batches':>9}   "

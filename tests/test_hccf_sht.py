@@ -312,3 +312,28 @@ def test_leaky_is_the_code_maximum_with_tensorflow_tie_gradient(slope):
     # tf.maximum(a, b)'s gradient goes to a where a >= b: a = slope·x, so at x = 0 it is slope
     expected = torch.where(slope * x >= x, torch.full_like(x, slope), torch.ones_like(x))
     torch.testing.assert_close(g, expected)
+
+
+def test_user_pairs_sampler_draws_the_code_batches(data):
+    from mmrecsys.train.sampler import NegativeSampler, UserPairsSampler
+    s = UserPairsSampler(data, 16, NegativeSampler(data, "all_items"), per_user=3)
+    deg = np.diff(data.train.indptr)
+    seen = []
+    train = data.train.toarray() > 0
+    for users, pos, neg in s.epoch(np.random.default_rng(0)):
+        uniq, counts = np.unique(users, return_counts=True)
+        assert len(uniq) <= 16
+        np.testing.assert_array_equal(counts, np.minimum(deg[uniq], 3))
+        assert train[users, pos].all() and not train[users, neg].any()
+        seen.extend(uniq)
+    assert sorted(seen) == list(np.flatnonzero(deg > 0))          # every user once per epoch
+    assert len(s) == -(-int((deg > 0).sum()) // 16)
+
+
+def test_hinge_scale_follows_the_sampler(data):
+    m = HCCF(data, embedding_dim=8, n_hyperedges=6)
+    assert m.train_sampler is None
+    assert m.hinge_pairs_per_user / 100 == pytest.approx(__import__("mmrecsys.models.hccf", fromlist=["x"]).hinge_scale(m, 100))
+    m.train_sampler, m.train_batch_size = "user_pairs", 256
+    from mmrecsys.models.hccf import hinge_scale
+    assert hinge_scale(m, 999) == 1 / 256

@@ -29,7 +29,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "eval_step": 1,
     "patience": 20,                # stop when consecutive non-improving evaluations > patience
     "seed": 999,
-    "sampler": "interactions",     # interactions (MMRec) | users (MMHCL)
+    "sampler": "interactions",     # interactions (MMRec) | users (MMHCL) | user_pairs (HCCF, SHT)
     "negatives_from": "train_items",  # train_items (MMRec) | all_items
     "neg_exclude_heldout": False,  # compatibility: negatives avoid valid/test items (a leak)
     "valid_metrics": ["recall@20"],  # improvement if any beats its running max
@@ -52,7 +52,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 #: one-line meaning of each trainer key (``mmrecsys models NAME`` prints them)
 TRAIN_HELP: dict[str, str] = {
     "epochs": "maximum number of training epochs",
-    "batch_size": "training triples (or users, for the users sampler) per step",
+    "batch_size": "training triples (or users, for the users and user_pairs samplers) per step",
     "lr": "learning rate of the optimiser",
     "weight_decay": "optimiser weight decay (AdamW: decoupled)",
     "optimizer": "adam or adamw",
@@ -60,7 +60,8 @@ TRAIN_HELP: dict[str, str] = {
     "eval_step": "evaluate on validation every N epochs",
     "patience": "stop after more than N consecutive evaluations without improvement",
     "seed": "seed of initialisation, sampling and inference noise",
-    "sampler": "interactions (one triple per training row, MMRec) or users (MMHCL)",
+    "sampler": ("interactions (one triple per training row, MMRec), users (MMHCL) or user_pairs "
+                "(users with up to samples_per_user pairs each, HCCF's and SHT's authors)"),
     "negatives_from": "draw negatives from train_items (MMRec) or all_items",
     "neg_exclude_heldout": "compatibility: negatives avoid valid/test items (a leak; off)",
     "valid_metrics": "an evaluation improves when any of these beats its running best",
@@ -92,7 +93,7 @@ CHOICES = {
     "knn_backend": ("torch", "faiss"),
     "knn_index": ("flat", "ivf", "hnsw"),
     "optimizer": ("adam", "adamw"),
-    "sampler": ("interactions", "users"),
+    "sampler": ("interactions", "users", "user_pairs"),
     "negatives_from": ("train_items", "all_items"),
 }
 

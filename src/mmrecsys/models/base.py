@@ -88,6 +88,9 @@ class Recommender(nn.Module):
     #: ``None`` when the model is built directly. Losses that divide by the *configured* batch
     #: size rather than the rows of the batch (MMRec's LATTICE, MGCN, SMORE) read it.
     train_batch_size: int | None = None
+    #: the trainer's configured ``sampler`` (set with ``train_batch_size``; ``None`` when built
+    #: directly): a loss whose scale depends on what a batch is (HCCF, SHT) reads it
+    train_sampler: str | None = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -69,7 +69,9 @@ over it; the dropout masks come from ``torch.rand`` (the same distribution as ``
 δ is ``F.leaky_relu`` (its gradient at 0 is the slope, as TensorFlow's ``Maximum`` gives it).
 
 Protocol differences (model maths and loss kept): the code samples 10,000 users per epoch and up
-to 40 (positive, negative) pairs per user; here an epoch passes every training pair once with one
+to 40 (positive, negative) pairs per user (``sampler: user_pairs`` with ``batch_size: 256`` reproduces the code's batches: every
+user once per epoch, 256 users a step with min(40, deg) pairs each, the hinge sum divided by
+256, the contrast over those users and their items); here an epoch passes every training pair once with one
 uniform negative (MMRec's sampler, the same negative distribution). The code has no validation
 split and reports its last epoch's test metrics; here early stopping on validation Recall@20
 selects the epoch (MMRec's protocol).
@@ -124,6 +126,16 @@ def dropout(x: torch.Tensor, keep: float) -> torch.Tensor:
     """Each entry kept with probability ``keep`` and scaled by 1/keep (``tf.nn.dropout``), the
     mask drawn from ``torch.rand`` (the same distribution as ``F.dropout``, 3× faster on CPU)."""
     return x * ((torch.rand(x.shape, device=x.device) < keep).to(x.dtype) / keep)
+
+
+def hinge_scale(model, rows: int) -> float:
+    """The factor of the hinge sum: the code divides by its batch of users (``args.batch``, also
+    for a smaller last batch). Under the authors' sampler (``sampler: user_pairs``, batches of
+    ``batch_size`` users) that is 1 / batch_size; under MMRec's (B training pairs) the batch
+    stands for B / s̄ users, so s̄ / B (s̄: the model's ``hinge_pairs_per_user``)."""
+    if model.train_sampler == "user_pairs" and model.train_batch_size:
+        return 1.0 / model.train_batch_size
+    return model.hinge_pairs_per_user / rows
 
 
 def hinge_loss(pos: torch.Tensor, neg: torch.Tensor, scale: float) -> torch.Tensor:
@@ -274,7 +286,7 @@ class HCCF(Recommender):
     def loss(self, users, pos, neg):
         hu, hi, zs_u, zs_i, ys_u, ys_i = self._encode(train=True)
         u = hu[users]
-        scale = self.hinge_pairs_per_user / len(users)
+        scale = hinge_scale(self, len(users))
         out = {"hinge": hinge_loss((u * hi[pos]).sum(1), (u * hi[neg]).sum(1), scale)}
         if self.ssl_reg:
             uniq_u = torch.unique(users)

@@ -69,7 +69,9 @@ TensorFlow code is followed: the PyTorch version replaces the hinge losses with 
 adds a contrastive term (``ssl1``/``ssl2``) and edge dropout, and uses another regulariser.
 
 Protocol differences (model maths and loss kept): the code samples 10,000 users per epoch and up
-to 40 pairs per user; here an epoch passes every training pair once with one uniform negative
+to 40 pairs per user (``sampler: user_pairs`` with ``batch_size: 256`` reproduces the code's batches: every
+user once per epoch, 256 users a step with min(40, deg) pairs each, the hinge sum divided by
+256, the contrast over those users and their items); here an epoch passes every training pair once with one uniform negative
 (MMRec's sampler). The code has no validation split and reports its last epoch's test metrics;
 here early stopping on validation Recall@20 selects the epoch.
 """
@@ -81,7 +83,7 @@ from torch import nn
 
 from ..graphs import SparseGraph
 from .base import Recommender
-from .hccf import hinge_loss, leaky, mean_sampled_pairs, reference_normalized
+from .hccf import hinge_loss, hinge_scale, leaky, mean_sampled_pairs, reference_normalized
 
 #: hyperedge-mixing layers per transformer layer (the code's two ``FC(·, hyperNum)``)
 N_MIXING = 2
@@ -266,7 +268,7 @@ class SHT(Recommender):
     def loss(self, users, pos, neg):
         hu, hi, eu, ei, ku, ki = self._encode()
         u = hu[users]
-        scale = self.hinge_pairs_per_user / len(users)
+        scale = hinge_scale(self, len(users))
         out = {"hinge": hinge_loss((u * hi[pos]).sum(1), (u * hi[neg]).sum(1), scale)}
         if self.ssl_reg:
             out["ssl"] = self.ssl_reg * self.self_augmentation(eu, ei, ku, ki, self.sample_edges())

@@ -1,6 +1,8 @@
 """Vectorised training samplers: MMRec's (``enoche/MMRec`` ``src/utils/dataloader.py``
-``TrainDataLoader``: every training interaction once per epoch, one negative each) and MMHCL's
-(``Xu107/MMHCL`` ``codes/utility/load_data.py`` ``Data.sample``: users drawn per batch).
+``TrainDataLoader``: every training interaction once per epoch, one negative each), MMHCL's
+(``Xu107/MMHCL`` ``codes/utility/load_data.py`` ``Data.sample``: users drawn per batch) and
+HCCF's and SHT's (``akaxlh/HCCF`` ``labcode_efficient.py``, ``akaxlh/SHT`` ``labcode_hop.py``
+``sampleTrainBatch``: batches of users, each with up to ``per_user`` pairs).
 
 Negatives are drawn in bulk and only the collisions with the user's history are redrawn; the
 membership test is a binary search in the sorted keys u·n_items + i of the history.
@@ -106,11 +108,49 @@ class UserSampler:
             yield users, pos, self.negatives.sample(users, rng)
 
 
+class UserPairsSampler:
+    """HCCF's and SHT's authors: each epoch a shuffled pass over the users with training items,
+    ``batch_size`` users per step; a user u brings min(``per_user``, deg u) pairs, its positives
+    drawn uniformly *with* replacement from its training items (``np.random.choice(posset, n)``)
+    and one negative each (the code's ``negSamp``: uniform, rejecting the user's items). The
+    rows of a step are grouped by user (u's pairs side by side)."""
+
+    def __init__(self, data: Dataset, batch_size: int, negatives: NegativeSampler, per_user: int):
+        if per_user < 1:
+            raise ValueError(f"per_user={per_user}: must be ≥ 1")
+        self.indptr = data.train.indptr.astype(np.int64)
+        self.indices = data.train.indices.astype(np.int64)
+        self.exist_users = np.flatnonzero(np.diff(self.indptr) > 0)
+        self.batch_size = batch_size
+        self.per_user = int(per_user)
+        self.negatives = negatives
+
+    def __len__(self):
+        return -(-len(self.exist_users) // self.batch_size)
+
+    def epoch(self, rng: np.random.Generator):
+        order = rng.permutation(self.exist_users)
+        for s in range(0, len(order), self.batch_size):
+            users = order[s:s + self.batch_size]
+            deg = self.indptr[users + 1] - self.indptr[users]
+            counts = np.minimum(deg, self.per_user)
+            rows = np.repeat(users, counts)
+            offsets = (rng.random(len(rows)) * np.repeat(deg, counts)).astype(np.int64)
+            pos = self.indices[np.repeat(self.indptr[users], counts) + offsets]
+            yield rows, pos, self.negatives.sample(rows, rng)
+
+
+SAMPLERS = ("interactions", "users", "user_pairs")
+
+
 def make_sampler(data: Dataset, sampler: str, batch_size: int, negatives_from: str,
-                 exclude_heldout: bool):
+                 exclude_heldout: bool, per_user: int = 40):
     neg = NegativeSampler(data, negatives_from, exclude_heldout)
     if sampler == "interactions":
         return InteractionSampler(data, batch_size, neg)
     if sampler == "users":
         return UserSampler(data, batch_size, neg)
-    raise ValueError(f"sampler={sampler!r}: use 'interactions' (MMRec) or 'users' (MMHCL)")
+    if sampler == "user_pairs":
+        return UserPairsSampler(data, batch_size, neg, per_user)
+    raise ValueError(f"sampler={sampler!r}: use 'interactions' (MMRec), 'users' (MMHCL) or "
+                     "'user_pairs' (HCCF, SHT)")

@@ -108,6 +108,7 @@ def build_model(data: Dataset, cfg: dict, device) -> torch.nn.Module:
         with knn_settings(cfg.get("knn_backend", "faiss"), cfg.get("knn_index", "flat")):
             model = cls(data, cache, **model_kwargs(cls, cfg))
         model.train_batch_size = cfg.get("batch_size")
+        model.train_sampler = cfg.get("sampler")
         return model.to(device)
     except ValueError as e:
         raise ConfigError(f"{cls.name}: {e}") from e
@@ -485,7 +486,8 @@ class Trainer:
         self.build_seconds = time.perf_counter() - t_build
         self.opt, self.sched = _optimizer(self.net, cfg, self.world)
         self.sampler = make_sampler(self.data, cfg["sampler"], cfg["batch_size"],
-                                    cfg["negatives_from"], cfg["neg_exclude_heldout"])
+                                    cfg["negatives_from"], cfg["neg_exclude_heldout"],
+                                    per_user=int(getattr(self.net, "samples_per_user", 40)))
         self.rng = np.random.default_rng(cfg["seed"])
         self.stopper = EarlyStopping(cfg["valid_metrics"], cfg["patience"], cfg["valid_round"])
         self.history: list[dict] = []
