@@ -68,13 +68,13 @@ Exact reformulations for speed: the contrast's K × K block is one product and o
 over it; the dropout masks come from ``torch.rand`` (the same distribution as ``tf.nn.dropout``);
 δ is ``F.leaky_relu`` (its gradient at 0 is the slope, as TensorFlow's ``Maximum`` gives it).
 
-Protocol differences (model maths and loss kept): the code samples 10,000 users per epoch and up
-to 40 (positive, negative) pairs per user (``sampler: user_pairs`` with ``batch_size: 256`` reproduces the code's batches: every
-user once per epoch, 256 users a step with min(40, deg) pairs each, the hinge sum divided by
-256, the contrast over those users and their items); here an epoch passes every training pair once with one
-uniform negative (MMRec's sampler, the same negative distribution). The code has no validation
-split and reports its last epoch's test metrics; here early stopping on validation Recall@20
-selects the epoch (MMRec's protocol).
+Protocol differences (model maths and loss kept): the code samples 10,000 users per epoch and
+up to 40 (positive, negative) pairs per user (``sampler: user_pairs`` with ``batch_size: 256``
+reproduces the code's batches: every user once per epoch, 256 users a step with min(40, deg)
+pairs each, the hinge sum divided by 256, the contrast over those users and their items); by
+default an epoch passes every training pair once with one uniform negative (MMRec's sampler,
+the same negative distribution). The code has no validation split and reports its last epoch's
+test metrics; here early stopping on validation Recall@20 selects the epoch (MMRec's protocol).
 """
 from __future__ import annotations
 

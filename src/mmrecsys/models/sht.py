@@ -68,12 +68,13 @@ Where the authors' TensorFlow code differs from their later PyTorch version (and
 TensorFlow code is followed: the PyTorch version replaces the hinge losses with BPR-style ones,
 adds a contrastive term (``ssl1``/``ssl2``) and edge dropout, and uses another regulariser.
 
-Protocol differences (model maths and loss kept): the code samples 10,000 users per epoch and up
-to 40 pairs per user (``sampler: user_pairs`` with ``batch_size: 256`` reproduces the code's batches: every
-user once per epoch, 256 users a step with min(40, deg) pairs each, the hinge sum divided by
-256, the contrast over those users and their items); here an epoch passes every training pair once with one uniform negative
-(MMRec's sampler). The code has no validation split and reports its last epoch's test metrics;
-here early stopping on validation Recall@20 selects the epoch.
+Protocol differences (model maths and loss kept): the code samples 10,000 users per epoch and
+up to 40 pairs per user (``sampler: user_pairs`` with ``batch_size: 256`` reproduces the code's
+batches: every user once per epoch, 256 users a step with min(40, deg) pairs each, the hinge
+sum divided by 256, the contrast over those users and their items); by default an epoch passes
+every training pair once with one uniform negative (MMRec's sampler). The code has no
+validation split and reports its last epoch's test metrics; here early stopping on validation
+Recall@20 selects the epoch.
 """
 from __future__ import annotations
 
