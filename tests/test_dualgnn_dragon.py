@@ -408,23 +408,46 @@ def test_graphs_are_cached(name, data, tmp_path):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_pre_epoch_resamples_and_last_train_forward_option(name, data):
-    m = build(name, data, eval_last_train_forward=True)
+def test_evaluation_uses_the_last_training_forward_unless_told_otherwise(name, data):
+    m = build(name, data)
+    assert m.reuse_training_result is True                 # the code's stale result_embed
+    assert "result" in m.state_dict()                       # persistent: best.pt ranks the same
+    width = m.result.shape[1]
+    m.eval()
+    with torch.no_grad():                                   # before training: the random buffer
+        u0, i0 = m.representations()
+    torch.testing.assert_close(torch.cat([u0, i0]), m.result)
+    m.train()
     torch.manual_seed(1)
     m.pre_epoch(0)
+    opt = torch.optim.Adam(m.parameters(), lr=0.05)
     users, pos, neg = batch(data)
-    sum(m.loss(users, pos, neg).values()).backward()
-    last = m._last_train
+    loss = sum(m.loss(users, pos, neg).values())
     with torch.no_grad():
-        for q in m.parameters():
-            q.add_(0.01)
+        before = torch.cat(m.forward())
+    assert before.shape[1] == width
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
     m.eval()
     with torch.no_grad():
-        got = m.representations()
-    torch.testing.assert_close(got[0], last[0])            # the code's stale result_embed
-    m.eval_last_train_forward = False
+        got = torch.cat(m.representations())
+        torch.testing.assert_close(got, before)             # stale by one step, as the code
+        m.reuse_training_result = False
+        fresh = torch.cat(m.representations())
+        torch.testing.assert_close(fresh, torch.cat(m.forward()))
+        assert not torch.allclose(fresh, before)
+    # a loss in eval mode does not overwrite the stored result
+    m.reuse_training_result = True
+    stored = m.result.clone()
+    m.loss(users, pos, neg)
+    assert torch.equal(m.result, stored)
+    # the state dict carries it: a restored model ranks with the same representations
+    other = build(name, data)
+    other.load_state_dict(m.state_dict())
+    other.eval()
     with torch.no_grad():
-        assert not torch.allclose(m.representations()[0], last[0])
+        torch.testing.assert_close(torch.cat(other.representations()), got)
 
 
 # ------------------------------------------------------------------ the command line

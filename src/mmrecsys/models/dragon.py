@@ -47,14 +47,21 @@ fixed; the item graph is built from the raw features; the user graph aggregates 
 Not reproduced (no effect on any output): ``image_embedding``/``text_embedding`` (trainable
 copies of the features only read, detached, to build the kNN graph) and ``image_trs``/
 ``text_trs`` (unused), so ``feat_embed_dim`` is not a key; ``weight_i``, ``MLP_v``, ``MLP_t``,
-``MLP_user``, ``result_embed`` and the item-dropping edge lists (created but unused; unlike
+``MLP_user``, ``result_embed`` as a parameter (replaced by a plain tensor in the forward: the
+``result`` buffer below) and the item-dropping edge lists (created but unused; unlike
 DualGNN, DRAGON does not regularise ``weight_i``); the yaml's ``n_layers: 2`` is read by the code
 as nothing (``self.n_layers`` is overwritten by ``n_mm_layers``); here ``n_layers`` counts the
 user–item convolutions, 2 as the code's hard-coded pair. ``aggr_mode`` other than ``'add'`` is
 refused. The code caches the item graph in ``mm_adj_{knn_k}.pt`` keyed by k alone (a changed
 ``mm_image_weight`` or feature set would reuse a stale file); here the cache key holds the
-features, k and β. Evaluation recomputes the representations from the current weights and the
-epoch's user graph (``eval_last_train_forward=True``: the last training batch's, as the code).
+features, k and β.
+
+Stale evaluation, reproduced by default (as :mod:`mmrecsys.models.dualgnn`): ranking uses the
+representations of the last training forward (the code's ``result_embed``), kept in the
+persistent ``result`` buffer ((U + I) × M·d) written at every training loss and saved in the
+state dict; ``reuse_training_result=False`` ranks with a fresh forward. Before any training the
+buffer is xavier-normal, drawn after every parameter (the code's is (U + I) × d, narrower than
+its M·d representations; here it has the representations' width).
 
 Choices: as :mod:`mmrecsys.models.dualgnn` (co-occurrence ties by ascending id, padding draws
 from a numpy Generator seeded from torch's RNG every epoch).
@@ -101,9 +108,10 @@ class DRAGON(UserGraphMixin, Recommender):
             only value. (default: ``'add'``)
         user_aggr: weights of a user's slots: ``'softmax'`` of the co-occurrence counts (the
             code's ``user_aggr_mode``) or ``'mean'`` (1/k). (default: ``'softmax'``)
-        eval_last_train_forward: True scores with the representations of the last training
-            batch, as the code's ``full_sort_predict`` (falls back to a fresh forward before
-            any training); False recomputes them from the current weights. (default: ``False``)
+        reuse_training_result: True, as the code's ``full_sort_predict``: evaluation ranks with
+            the representations of the last training forward (the persistent ``result``
+            buffer; random before any training); False computes fresh ones from the current
+            weights. (default: ``True``)
     """
 
     name = "dragon"
@@ -113,12 +121,14 @@ class DRAGON(UserGraphMixin, Recommender):
     search_space = {"aggr_mode": ["add"], "reg_weight": list(_GRID), "lr": list(_GRID)}
     notes = ("The user co-occurrence graph (top-40 co-users per user, short lists padded by "
              "random repeats) is resampled before every training epoch (pre_epoch). The BPR term "
-             "uses log2, as MMRec. Representations are M·embedding_dim wide (concatenation).")
+             "uses log2, as MMRec. Representations are M·embedding_dim wide (concatenation). "
+             "Evaluation ranks with the representations of the last training batch, as MMRec "
+             "(reuse_training_result=false recomputes them).")
 
     def __init__(self, data, cache=None, *, embedding_dim: int = 64, n_layers: int = 2,
                  n_mm_layers: int = 1, knn_k: int = 10, mm_image_weight: float = 0.1,
                  user_knn_k: int = 40, reg_weight: float = 0.001, aggr_mode: str = "add",
-                 user_aggr: str = "softmax", eval_last_train_forward: bool = False):
+                 user_aggr: str = "softmax", reuse_training_result: bool = True):
         super().__init__(data, cache)
         self._check_common(embedding_dim, n_layers, user_knn_k, reg_weight, aggr_mode, user_aggr)
         if n_mm_layers < 0 or knn_k < 1:
@@ -134,8 +144,7 @@ class DRAGON(UserGraphMixin, Recommender):
         self.reg_weight = reg_weight
         self.aggr_mode = aggr_mode
         self.user_aggr = user_aggr
-        self.eval_last_train_forward = eval_last_train_forward
-        self._last_train = None
+        self.reuse_training_result = bool(reuse_training_result)
         self._build_common(data, cache, "dragon")
         feats = [data.features[m] for m in self.modalities]
         item_graph = self.cached_graph(
@@ -144,13 +153,16 @@ class DRAGON(UserGraphMixin, Recommender):
              "k": knn_k, "image_weight": mm_image_weight, "version": _FREEDOM_GRAPH_VERSION},
             lambda: freedom_item_graph(feats, knn_k, mm_image_weight))
         self.item_graph = SparseGraph(item_graph, symmetric=False)
+        self._register_result(len(self.modalities) * embedding_dim)
         self._init_common()
+        self._init_result()
 
     def reset_parameters(self):
-        """Re-draw every parameter in the constructor's order (MLPs: torch's Linear default)."""
+        """Re-draw every parameter in the constructor's order (MLPs: torch's Linear default),
+        then the stored ``result``."""
         self._reset_linears()
         self._init_common()
-        self._last_train = None
+        self._init_result()
 
     def fused(self, reps: list) -> tuple[torch.Tensor, torch.Tensor]:
         """(Ē_U, Ē_I): attentive concatenation of the modality representations."""
@@ -170,8 +182,7 @@ class DRAGON(UserGraphMixin, Recommender):
 
     def loss(self, users, pos, neg):
         e_u, e_i = self.forward()
-        if self.eval_last_train_forward:
-            self._last_train = (e_u.detach(), e_i.detach())
+        self._store_result(e_u, e_i)
         out = self._bpr_and_preferences(e_u[users], e_i[pos], e_i[neg], users)
         out["reg"] = out["reg"] + self.reg_weight * (self.weight_u ** 2).mean()
         return out

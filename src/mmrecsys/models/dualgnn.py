@@ -67,12 +67,20 @@ representation.
 
 Not reproduced (no effect on any output): the item-dropping edge lists ``edge_index_dropv/t``
 (built from ``drop_rate = 0.1`` but never read by the convolutions), ``MLP_v``, ``MLP_t``,
-``MLP_user`` and the ``result_embed`` parameter (unused). ``aggr_mode`` other than ``'add'``
-(the yaml's only value) is refused. The code evaluates with the representations of its last
-*training* batch (``result_embed``, computed before that batch's optimiser step); here
-evaluation recomputes them from the current weights and the epoch's user graph
-(``eval_last_train_forward=True`` reproduces the code; it is off by default because the cached
-tensor is not part of the state dict and would not follow a restored checkpoint).
+``MLP_user`` and ``result_embed`` *as a parameter* (the forward replaces it by a plain tensor;
+that tensor is the ``result`` buffer below). ``aggr_mode`` other than ``'add'``
+(the yaml's only value) is refused.
+
+Stale evaluation, reproduced by default: the code's ``full_sort_predict`` ranks with
+``result_embed``, the representations computed by the *last training forward* (before that
+batch's optimiser step), not a fresh forward of the current weights. Here a persistent buffer
+``result`` ((U + I) × width, users first) is written at every training loss, so it is part of
+the state dict and ``best.pt`` ranks with the representations that were ranked;
+``reuse_training_result=False`` ranks with a fresh forward (current weights, the epoch's user
+graph). Before any training the code ranks with a random xavier-normal ``result_embed``; here
+the buffer is likewise xavier-normal, drawn from torch's RNG *after* every parameter (so the
+parameters' draws are unchanged; the code draws it between the branches and the user graph,
+over a numpy tensor that the xavier draw overwrites).
 
 Choices: ties among equal co-occurrence counts are broken by ascending user id (``torch.topk``
 leaves their order unspecified); the padding draws come from a numpy Generator seeded from
@@ -299,9 +307,23 @@ class UserGraphMixin:
         out["reg"] = self.reg_weight * reg
         return out
 
+    def _register_result(self, width: int) -> None:
+        """The persistent ``result`` buffer ((U + I) × width): the code's ``result_embed``."""
+        self.register_buffer("result", torch.empty(self.n_users + self.n_items, width))
+
+    def _init_result(self) -> None:
+        with torch.no_grad():
+            nn.init.xavier_normal_(self.result)
+
+    def _store_result(self, e_u: torch.Tensor, e_i: torch.Tensor) -> None:
+        if self.training:
+            with torch.no_grad():
+                self.result[: self.n_users].copy_(e_u)
+                self.result[self.n_users:].copy_(e_i)
+
     def _scores_representations(self):
-        if self.eval_last_train_forward and self._last_train is not None:
-            return self._last_train
+        if self.reuse_training_result:
+            return self.result[: self.n_users], self.result[self.n_users:]
         return self.forward()
 
     def representations(self):
@@ -333,9 +355,10 @@ class DualGNN(UserGraphMixin, Recommender):
         inplace_sum: True, as the code: the first modality's user block is the sum of all
             modalities before the weighted fusion (its in-place ``+=``); False gives
             Σ_m w_{u,m} r_m[u]. (default: ``True``)
-        eval_last_train_forward: True scores with the representations of the last training
-            batch, as the code's ``full_sort_predict`` (falls back to a fresh forward before
-            any training); False recomputes them from the current weights. (default: ``False``)
+        reuse_training_result: True, as the code's ``full_sort_predict``: evaluation ranks with
+            the representations of the last training forward (the persistent ``result``
+            buffer; random before any training); False computes fresh ones from the current
+            weights. (default: ``True``)
     """
 
     name = "dualgnn"
@@ -345,12 +368,14 @@ class DualGNN(UserGraphMixin, Recommender):
     search_space = {"aggr_mode": ["add"], "lr": list(_GRID), "reg_weight": list(_GRID)}
     notes = ("The user co-occurrence graph (top-40 co-users per user, short lists padded by "
              "random repeats) is resampled before every training epoch (pre_epoch). The BPR term "
-             "uses log2, as MMRec. Raw features are fixed inputs of per-modality MLPs.")
+             "uses log2, as MMRec. Raw features are fixed inputs of per-modality MLPs. Evaluation "
+             "ranks with the representations of the last training batch, as MMRec "
+             "(reuse_training_result=false recomputes them).")
 
     def __init__(self, data, cache=None, *, embedding_dim: int = 64, n_layers: int = 2,
                  user_knn_k: int = 40, reg_weight: float = 0.001, aggr_mode: str = "add",
                  user_aggr: str = "softmax", inplace_sum: bool = True,
-                 eval_last_train_forward: bool = False):
+                 reuse_training_result: bool = True):
         super().__init__(data, cache)
         self._check_common(embedding_dim, n_layers, user_knn_k, reg_weight, aggr_mode, user_aggr)
         self.embedding_dim = embedding_dim
@@ -360,10 +385,10 @@ class DualGNN(UserGraphMixin, Recommender):
         self.aggr_mode = aggr_mode
         self.user_aggr = user_aggr
         self.inplace_sum = inplace_sum
-        self.eval_last_train_forward = eval_last_train_forward
-        self._last_train = None
+        self.reuse_training_result = bool(reuse_training_result)
         self._build_common(data, cache, "dualgnn")
         self.weight_i = nn.Parameter(torch.empty(self.n_items, len(self.modalities), 1))
+        self._register_result(embedding_dim)
         self._init_parameters()
 
     def _init_parameters(self):
@@ -371,12 +396,13 @@ class DualGNN(UserGraphMixin, Recommender):
         with torch.no_grad():
             nn.init.xavier_normal_(self.weight_i)
             self.weight_i.copy_(torch.softmax(self.weight_i, dim=1))
+        self._init_result()
 
     def reset_parameters(self):
-        """Re-draw every parameter in the constructor's order (MLPs: torch's Linear default)."""
+        """Re-draw every parameter in the constructor's order (MLPs: torch's Linear default),
+        then the stored ``result``."""
         self._reset_linears()
         self._init_parameters()
-        self._last_train = None
 
     def fused(self, reps: list) -> tuple[torch.Tensor, torch.Tensor]:
         """(ē_U, ē_I) from the modality representations r_m (module docstring)."""
@@ -404,8 +430,7 @@ class DualGNN(UserGraphMixin, Recommender):
 
     def loss(self, users, pos, neg):
         e_u, e_i = self.forward()
-        if self.eval_last_train_forward:
-            self._last_train = (e_u.detach(), e_i.detach())
+        self._store_result(e_u, e_i)
         out = self._bpr_and_preferences(e_u[users], e_i[pos], e_i[neg], users)
         out["reg"] = out["reg"] + self.reg_weight * ((self.weight_u ** 2).mean()
                                                      + (self.weight_i ** 2).mean())
