@@ -53,6 +53,7 @@ BUILTIN = {
     "dragon": "dragon",
     "mmgcn": "mmgcn",
     "grcn": "grcn",
+    "micro": "micro",
     "slmrec": "slmrec",
     # one line per further model
 }
