@@ -28,7 +28,7 @@ heads; per head c, with S_c the (d', H) head slice of the hyperedge embeddings �
 with V_k^l (H, H) separate per layer and side (no attention softmax: the code's products are
 linear in the keys).
 
-Self-augmentation (``label``, ``meta``): for a sample of n = ⌈ρ|R|⌉ training edges (u, i) drawn
+Self-augmentation (``label``, ``meta``): for a sample of n = ⌊ρ|R|⌋ training edges (u, i) drawn
 uniformly with replacement (n made even), a meta-network generates from the mean hyperedge
 embedding ψ̄ of each side a mapping φ(k) = δ(k W(ψ̄) + b(ψ̄)) (W(ψ̄) = reshape(ψ̄ G_W + g_W) (d, d),
 b(ψ̄) = ψ̄ G_b + g_b; one generator for both sides), and scores the edge with
@@ -65,8 +65,11 @@ batch 2048 pairs as LGMRec's common setting). Search space: the values of the RE
 SHT setting.
 
 Where the authors' TensorFlow code differs from their later PyTorch version (and SSLRec), the
-TensorFlow code is followed: the PyTorch version replaces the hinge losses with BPR-style ones,
-adds a contrastive term (``ssl1``/``ssl2``) and edge dropout, and uses another regulariser.
+TensorFlow code is followed: the PyTorch version (``torchVersion/Model.py``) replaces the hinge
+losses with BPR-style ones, replaces the meta-network self-augmentation by a prediction-alignment
+cross-entropy between its two views on random user–item pairs (``ssl1``/``ssl2``, each target
+detached), drops the key/value transformer, detaches the embeddings fed to the hypergraph, and
+uses another regulariser.
 
 Protocol differences (model maths and loss kept): the code samples 10,000 users per epoch and
 up to 40 pairs per user (``sampler: user_pairs`` with ``batch_size: 256`` reproduces the code's
@@ -251,7 +254,7 @@ class SHT(Recommender):
         return torch.sigmoid(q @ self.score2 + self.score2_bias).reshape(-1)
 
     def sample_edges(self) -> torch.Tensor:
-        """⌈ρ|R|⌉ rounded up to even edge ids, uniform with replacement (the code's
+        """⌊ρ|R|⌋ rounded up to even edge ids, uniform with replacement (the code's
         ``int(edgeSampRate · edgeNum)``, +1 when odd)."""
         n = int(self.edge_sample_rate * len(self.edge_users))
         n += n % 2
