@@ -19,7 +19,8 @@ Augmentations (``aug_type``), drawn afresh before every epoch, two independent v
 * ``ed`` (edge dropout, Eq. 6; the default, as LGMRec's Table 2 runs it): keep ⌊|R|(1 − ρ)⌋
   edges drawn uniformly without replacement; one graph for every layer.
 * ``nd`` (node dropout, Eq. 5): drop ⌊Uρ⌋ users and ⌊Iρ⌋ items uniformly without replacement
-  with all their edges (their layer-0 embeddings stay); one graph for every layer.
+  with all their edges (their layer-0 embeddings stay); one graph for every layer. (The code's
+  ``nd`` passes the float Uρ as a sample size and stops with a TypeError; the floor is ours.)
 * ``rw`` (random walk, Eq. 7): edge dropout drawn independently for each layer (L graphs per view).
 
 With ρ = 0 both views are the full graph (the code's ``ssl_ratio > 0`` test).
@@ -55,10 +56,14 @@ buffer reused from step to step; the propagation uses CSR products.
 Protocol differences from SGL-Torch (the model maths and loss are kept): SGL-Torch has no
 validation split and stops on test metrics after 10 evaluations without improvement (test data
 in selection); here MMRec's protocol applies (train/valid/test split, full ranking, early
-stopping on validation Recall@20 with the trainer's patience). Its sampler draws one negative
-per training pair each epoch like the trainer's, from its own RNG (reckit), and its subgraphs
-from NumPy's RNG; here both come from the trainer's seeded generators (the same distributions,
-different draws). RecBole's ``SGL`` implements the same model with other defaults
+stopping on validation Recall@20 with the trainer's patience). Its sampler
+(``data/sampler.py`` ``_pairwise_sampling_v2``) draws |R| users uniformly *with* replacement per
+epoch, a positive uniformly from each drawn user's items and a negative over all items; here an
+epoch passes every training pair once with one negative from the items with training
+interactions (MMRec's sampler; ``negatives_from: all_items`` widens the negatives). Its
+subgraphs come from reckit's C++ generator, seeded with the constant 2020 and never reseeded,
+so every run of the code draws the same subgraphs whatever its seed; here they come from the
+trainer's seeded generator. RecBole's ``SGL`` implements the same model with other defaults
 (``RUCAIBox/RecBole`` ``recbole/properties/model/SGL.yaml``); those are not used.
 """
 from __future__ import annotations
