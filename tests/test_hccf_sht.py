@@ -286,14 +286,15 @@ def test_cli_train_reports_the_metrics_of_topk_test(name, tmp_path, monkeypatch)
         assert metrics["test"][k] == pytest.approx(v, abs=1e-6), k
 
 
-@pytest.mark.parametrize("scale,tau", [(1.0, 1.0), (3.0, 0.2), (30.0, 0.1)])
-def test_bounded_logsumexp_equals_logsumexp_values_and_gradients(scale, tau):
+@pytest.mark.parametrize("scale,tau,pad", [(1.0, 1.0, 0), (3.0, 0.2, 0), (30.0, 0.1, 0),
+                                           (1.0, 1.0, 4), (3.0, 0.2, 8)])
+def test_bounded_logsumexp_equals_logsumexp_values_and_gradients(scale, tau, pad):
     from mmrecsys.models.layers import bounded_logsumexp
     torch.manual_seed(0)
     a = (torch.randn(7, 5, dtype=torch.float64) * scale).requires_grad_()
     b = (torch.randn(9, 5, dtype=torch.float64) * scale).requires_grad_()
     g = torch.randn(7, dtype=torch.float64)
-    ours = bounded_logsumexp(a, b, tau)
+    ours = bounded_logsumexp(a, b, tau, pad=pad)
     ref = torch.logsumexp(a @ b.T / tau, dim=1)
     torch.testing.assert_close(ours, ref)
     ga, gb = torch.autograd.grad(ours, (a, b), g)

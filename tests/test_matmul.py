@@ -42,11 +42,14 @@ def test_not_exact_means_mkl(monkeypatch):
         assert matmul.resolve("onednn") is False
 
 
-def test_training_is_the_same_with_either_library():
+@pytest.mark.parametrize("name,extra", [("mmhcl", {}), ("hccf", {"batch_size": 256}),
+                                        ("sht", {"batch_size": 256})])
+def test_training_is_the_same_with_either_library(name, extra):
+    """Also the models whose whole step is marked fixed-shape (HCCF, SHT: padded contrast)."""
     import mmrecsys as mr
     data = mr.load_dataset("synthetic", n_users=150, n_items=120, seed=3)
-    a = mr.fit(data, "mmhcl", epochs=2, cpu_matmul="mkl")
-    b = mr.fit(data, "mmhcl", epochs=2, cpu_matmul="onednn")
+    a = mr.fit(data, name, epochs=2, cpu_matmul="mkl", **extra)
+    b = mr.fit(data, name, epochs=2, cpu_matmul="onednn", **extra)
     for ra, rb in zip(a.history, b.history):
         assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5)
 

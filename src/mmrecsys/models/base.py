@@ -90,6 +90,11 @@ class Recommender(nn.Module):
     #: ``None`` when the model is built directly. Losses that divide by the *configured* batch
     #: size rather than the rows of the batch (MMRec's LATTICE, MGCN, SMORE) read it.
     train_batch_size: int | None = None
+    #: every matrix product of the model's training step (forward and backward) has a shape set
+    #: by the dataset and configuration alone (batch-shaped ones padded to a few sizes), so the
+    #: trainer may send the whole step to oneDNN (:func:`mmrecsys.matmul.fixed_shape_products`,
+    #: under ``cpu_matmul``); a model with products shaped by each batch leaves it False
+    fixed_shape_step: ClassVar[bool] = False
     #: the trainer's configured ``sampler`` (set with ``train_batch_size``; ``None`` when built
     #: directly): a loss whose scale depends on what a batch is (HCCF, SHT) reads it
     train_sampler: str | None = None

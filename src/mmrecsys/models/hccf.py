@@ -147,12 +147,17 @@ def hinge_loss(pos: torch.Tensor, neg: torch.Tensor, scale: float) -> torch.Tens
     return scale * torch.clamp(1.0 - (pos - neg), min=0.0).sum()
 
 
+#: the contrast's K × K blocks are padded to multiples of this many rows and columns (a few
+#: shapes, so the whole training step's products may go to oneDNN: ``fixed_shape_step``)
+CONTRAST_PAD = 512
+
+
 def contrast_with_eps(z: torch.Tensor, y: torch.Tensor, temperature: float) -> torch.Tensor:
     """Σ_k −log(e^{z_k·y_k/τ} / (Σ_k' e^{z_k·y_k'/τ} + 1e-8) + 1e-8) over the rows (HCCF's
     ``calcSSL``), computed in log space (no overflow at small τ), the two 1e-8 included; the
     K × K block is one product and one exponential (:func:`~.layers.bounded_logsumexp`)."""
     pos = (z * y).sum(1) / temperature
-    lse = bounded_logsumexp(z, y, temperature)
+    lse = bounded_logsumexp(z, y, temperature, pad=CONTRAST_PAD)
     log_denom = torch.logaddexp(lse, lse.new_tensor(math.log(1e-8)))
     return -torch.log(torch.exp(pos - log_denom) + 1e-8).sum()
 
@@ -176,6 +181,7 @@ class HCCF(Recommender):
     """
 
     name = "hccf"
+    fixed_shape_step = True     # full-table products, padded contrast blocks
     aliases = {"latdim": "embedding_dim", "hyperNum": "n_hyperedges", "gnn_layer": "n_layers",
                "keepRate": "keep_rate", "temp": "temperature", "reg": "reg_weight",
                "leaky": "leaky_slope", "sampNum": "samples_per_user"}
@@ -298,8 +304,11 @@ class HCCF(Recommender):
             ssl = hu.new_zeros(())
             for layer, m in enumerate(self.projection):
                 for z, y, rows in ((zs_u[layer], ys_u[layer], uniq_u), (zs_i[layer], ys_i[layer], uniq_i)):
-                    ssl = ssl + contrast_with_eps(F.normalize(z[rows], dim=1),
-                                                  F.normalize(y[rows], dim=1) @ m, self.temperature)
+                    # normalise and project every row (a product of the table's fixed shape; the
+                    # same values row by row), then take the batch's
+                    y_all = F.normalize(y, dim=1) @ m
+                    ssl = ssl + contrast_with_eps(F.normalize(z[rows], dim=1), y_all[rows],
+                                                  self.temperature)
             out["ssl"] = self.ssl_reg * ssl
         reg = sum(p.pow(2).sum() for p in (self.user_embedding, self.item_embedding,
                                            self.user_hyper, self.item_hyper))

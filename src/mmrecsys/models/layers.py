@@ -232,15 +232,26 @@ def _pad_rows(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return x if extra == 0 else torch.cat([x, x.new_zeros((extra,) + tuple(x.shape[1:]))])
 
 
-def bounded_logsumexp(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+def bounded_logsumexp(a: torch.Tensor, b: torch.Tensor, temperature: float,
+                      pad: int = 0) -> torch.Tensor:
     """lse_k = log Σ_j exp(a_k·b_j / τ) over the rows of ``b``, a (K,) vector, for rows of any
     norm: the products are bounded by s = max‖a_k‖ · max‖b_j‖, so :class:`_ShiftedLogSumExp`
     with that shift neither overflows nor, while 2s/τ stays below 80, underflows (one product,
     one exponential, one row sum forward; two products backward); otherwise the max-shifted
-    ``torch.logsumexp``. The same value and gradients either way, to float32 rounding."""
+    ``torch.logsumexp``. The same value and gradients either way, to float32 rounding.
+
+    ``pad``: the rows of ``a`` and of ``b`` are padded with zeros to multiples of ``pad`` (the
+    padded columns weighted 0, the padded rows dropped), so that batch-shaped blocks take a few
+    shapes only and their products are marked fixed-shape (oneDNN under ``cpu_matmul``)."""
     with torch.no_grad():
         s = float(a.norm(dim=1).max() * b.norm(dim=1).max()) if len(a) and len(b) else 0.0
     if s > 0 and 2.0 * s / temperature < 80.0:
+        if pad:
+            k, n = len(a), len(b)
+            bp = _pad_rows(b, pad)
+            w = None if len(bp) == n else torch.cat([b.new_ones(n), b.new_zeros(len(bp) - n)])
+            return _ShiftedLogSumExp.apply(_pad_rows(a, pad), bp, w, float(temperature), s,
+                                           True)[:k]
         return _ShiftedLogSumExp.apply(a, b, None, float(temperature), s)
     return torch.logsumexp(a @ b.T / temperature, dim=1)
 

@@ -47,7 +47,8 @@ L 3, λ 1e-4, τ 0.1, λ₁ 1e-7, h 1, α 1, λ₂ 8e-8, K 1000, m_step 1, warm-
 lr 1e-3 (RecBole's default). LGMRec's Table 2 ran every baseline at batch 2048 (set
 ``batch_size`` to compare so). Search space: the values of the authors' five tuned dataset
 settings (``properties/{ml-1m,yelp,amazon-books,gowalla-merged,alibaba}.yaml``), except
-K = 10000 (alibaba), more prototypes than Baby has items.
+K = 10000 (alibaba), more prototypes than Baby has items, plus the learning rates they use
+(1e-3, and 2e-3 for gowalla-merged).
 
 Exact reformulations for speed: both contrastive terms are computed once per *distinct* batch
 user (item), weighted by multiplicity; their B × N blocks are one product and one exponential
@@ -56,8 +57,12 @@ forward and two products backward, in a buffer reused from step to step.
 Protocol differences from the reference (the model maths and loss are kept): RecBole splits
 each user's interactions 8:1:1 at random, selects on validation NDCG@10 and stops after 10
 evaluations without improvement; here MMRec's protocol applies (its split, full ranking, early
-stopping on validation Recall@20 with the trainer's patience). The negative sampler draws one
-uniform non-interacted item per training pair as RecBole's does, from the trainer's generator.
+stopping on validation Recall@20 with the trainer's patience). RecBole draws one negative per
+training pair uniformly over *all* item ids, rejecting the user's training items (items seen only
+in validation or test included); the trainer draws over the items with training interactions
+(MMRec's sampler), and ``negatives_from: all_items`` gives RecBole's candidates. RecBole also
+adds a ``[PAD]`` user and item (id 0): isolated rows that sit among the InfoNCE candidates and
+the k-means points; there is no such row here (an effect of one row in thousands).
 """
 from __future__ import annotations
 
@@ -94,7 +99,8 @@ class NCL(Recommender):
     train_defaults = {"lr": 1e-3, "batch_size": 4096}   # properties/overall.yaml; RecBole's lr
     search_space = {"reg_weight": [1e-4, 1e-6], "temperature": [0.05, 0.1],
                     "ssl_reg": [1e-9, 1e-7, 1e-6], "alpha": [0.5, 0.8, 1.0, 1.5],
-                    "proto_reg": [1e-10, 5e-8, 8e-8, 1e-7], "num_clusters": [10, 1000, 2000]}
+                    "proto_reg": [1e-10, 5e-8, 8e-8, 1e-7], "num_clusters": [10, 1000, 2000],
+                    "lr": [1e-3, 2e-3]}
     notes = ("Prototypes are refreshed by FAISS k-means before every m_step-th epoch; the "
              "prototype term starts after warm_up_step epochs.")
 

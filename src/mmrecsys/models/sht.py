@@ -115,6 +115,7 @@ class SHT(Recommender):
     """
 
     name = "sht"
+    fixed_shape_step = True     # full-table products and a fixed number of sampled edges
     aliases = {"latdim": "embedding_dim", "att_head": "n_heads", "hyperNum": "n_hyperedges",
                "gnn_layer": "n_layers", "leaky": "leaky_slope", "edgeSampRate": "edge_sample_rate",
                "reg": "reg_weight", "sampNum": "samples_per_user"}

@@ -23,6 +23,8 @@ A run directory receives ``config.yaml``, ``history.csv``, ``best.pt`` (weights)
 """
 from __future__ import annotations
 
+import contextlib
+
 import copy
 import csv
 import functools
@@ -575,7 +577,9 @@ class Trainer:
     def train_step(self, users, pos, neg) -> dict:
         """One optimisation step on a batch of (user, positive, negative) index arrays: loss,
         backward, optimiser step, gradients freed; returns the loss terms (tensors)."""
-        with cpu_matmul(self.cfg.get("cpu_matmul", "auto"), self.device):
+        whole = fixed_shape_products() if getattr(self.net, "fixed_shape_step", False) \
+            else contextlib.nullcontext()
+        with cpu_matmul(self.cfg.get("cpu_matmul", "auto"), self.device), whole:
             if self.world > 1:
                 return self._parallel_step(users, pos, neg)
             return self._step(users, pos, neg)
