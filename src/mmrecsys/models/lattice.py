@@ -74,6 +74,23 @@ _TRAIN = {"epochs": 1000, "batch_size": 2048, "weight_decay": 0.0, "optimizer": 
           "negatives_from": "train_items", "valid_metrics": ["recall@20"]}
 
 
+def register_lattice_graphs(model: Recommender, data, cache, knn_k: int, chunk_size: int) -> None:
+    """The fixed graphs of LATTICE's code (and of MICRO's, built on it): ``model.norm_adj``,
+    D^{-1}(A + I) of the user–item graph (row-normalised, self-loops: the code's
+    ``get_adj_mat``), and per modality m the raw-feature kNN graph S^o_m (cached) as the
+    edge-list buffers ``original_{rows,cols,values}_{m}``."""
+    a = bipartite_adjacency(data.train)
+    a = a + sp.identity(a.shape[0], dtype=np.float32, format="csr")
+    model.norm_adj = SparseGraph(row_normalize(a), symmetric=False)
+    originals = model.modality_knn_graphs(data, cache, [knn_k] * len(data.features),
+                                          chunk_size=chunk_size)
+    for m, g in enumerate(originals):
+        e = EdgeList.from_scipy(g)
+        model.register_buffer(f"original_rows_{m}", e.rows, persistent=False)
+        model.register_buffer(f"original_cols_{m}", e.cols, persistent=False)
+        model.register_buffer(f"original_values_{m}", e.values, persistent=False)
+
+
 def skip_init_linear(d_in: int, d_out: int, bias: bool = True) -> nn.Linear:
     """An ``nn.Linear`` whose construction draws no random numbers (the model's
     ``reset_parameters`` draws every weight, in construction order)."""
@@ -144,18 +161,7 @@ class LATTICE(Recommender):
         self.train_features = train_features
         self.knn_chunk_size = knn_chunk_size
 
-        # D^{-1}(A + I): row-normalised, self-loops (the code's get_adj_mat)
-        a = bipartite_adjacency(data.train)
-        a = a + sp.identity(a.shape[0], dtype=np.float32, format="csr")
-        self.norm_adj = SparseGraph(row_normalize(a), symmetric=False)
-        # fixed raw-feature graphs S^o_m (cached), as edge-list buffers
-        originals = self.modality_knn_graphs(data, cache, [knn_k] * len(data.features),
-                                             chunk_size=knn_chunk_size)
-        for m, g in enumerate(originals):
-            e = EdgeList.from_scipy(g)
-            self.register_buffer(f"original_rows_{m}", e.rows, persistent=False)
-            self.register_buffer(f"original_cols_{m}", e.cols, persistent=False)
-            self.register_buffer(f"original_values_{m}", e.values, persistent=False)
+        register_lattice_graphs(self, data, cache, knn_k, knn_chunk_size)
 
         self.user_embedding = nn.Parameter(torch.empty(self.n_users, embedding_dim))
         self.item_embedding = nn.Parameter(torch.empty(self.n_items, embedding_dim))

@@ -100,15 +100,13 @@ computation: the zeros carry none).
 """
 from __future__ import annotations
 
-import numpy as np
-import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..graphs import EdgeList, SparseGraph, bipartite_adjacency, row_normalize
+from ..graphs import EdgeList, SparseGraph
 from .base import Recommender
-from .lattice import skip_init_linear
+from .lattice import register_lattice_graphs, skip_init_linear
 from .layers import bpr_logsigmoid, half_squared_l2, power, propagate
 from .mmhcl import all_node_infonce
 
@@ -203,18 +201,8 @@ class MICRO(Recommender):
         self.cl_chunk_size = cl_chunk_size
         self.knn_chunk_size = knn_chunk_size
 
-        # D^{-1}(A + I): row-normalised, self-loops (the code's get_adj_mat, norm_adj)
-        a = bipartite_adjacency(data.train)
-        a = a + sp.identity(a.shape[0], dtype=np.float32, format="csr")
-        self.norm_adj = SparseGraph(row_normalize(a), symmetric=False)
-        # fixed raw-feature graphs S^o_m (cached; the same graphs as LATTICE's), as edge lists
-        originals = self.modality_knn_graphs(data, cache, [knn_k] * len(data.features),
-                                             chunk_size=knn_chunk_size)
-        for m, g in enumerate(originals):
-            e = EdgeList.from_scipy(g)
-            self.register_buffer(f"original_rows_{m}", e.rows, persistent=False)
-            self.register_buffer(f"original_cols_{m}", e.cols, persistent=False)
-            self.register_buffer(f"original_values_{m}", e.values, persistent=False)
+        # D^{-1}(A + I) and the fixed raw-feature graphs S^o_m: LATTICE's (cached, edge lists)
+        register_lattice_graphs(self, data, cache, knn_k, knn_chunk_size)
 
         self.user_embedding = nn.Parameter(torch.empty(self.n_users, embedding_dim))
         self.item_embedding = nn.Parameter(torch.empty(self.n_items, embedding_dim))
